@@ -55,16 +55,18 @@ def _slip(rng: random.Random, steps: list[tuple[str, int, int, int]]) -> list[tu
     k = rng.randrange(len(wrong))
     op, x, y, result = wrong[k]
     if rng.random() < 0.5:
-        bad = result + rng.choice([-2, -1, 1, 2])
+        bad = max(result + rng.choice([-2, -1, 1, 2]), 0)
+        bad = bad if bad != result else result + 1
     else:
-        other = rng.choice([o for o in "+-*" if o != op])
+        # no "-" when it would go negative: a word problem's slip still gives a count
+        other = rng.choice([o for o in "+-*" if o != op and not (o == "-" and x < y)])
         op, bad = other, _apply(other, x, y)
         if bad == result:
             bad = result + 1
     wrong[k] = (op, x, y, bad)
-    for j in range(k + 1, len(wrong)):  # later steps use the wrong intermediate value
-        op_j, _, y_j, _ = wrong[j]
-        x_j = wrong[j - 1][3]
+    for j in range(k + 1, len(wrong)):  # a later step's right operand is the previous result
+        op_j, x_j, _, _ = wrong[j]
+        y_j = wrong[j - 1][3]
         wrong[j] = (op_j, x_j, y_j, _apply(op_j, x_j, y_j))
     return wrong
 
