@@ -1,0 +1,1 @@
+"""Scaling studies: the sweep runner, the curve fit and plot."""

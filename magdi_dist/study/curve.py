@@ -1,0 +1,194 @@
+"""Scaling curve of a study: a power-law fit of eval loss vs size (and vs compute) and a 2x2 plot.
+
+Rows are mappings with ``cell``, ``variant`` (objective variant, e.g. ``magdi`` / ``ntp``), ``params``,
+``flops``, ``eval_loss``, ``accuracy``; missing values may be None. The fit is
+``loss = a * x^(-b)`` (optionally ``+ c``, an irreducible loss) per variant, with ``x`` the parameter
+count or the training FLOPs. Everything returned is JSON-serialisable; inputs that cannot be fit
+(one point, non-positive values, identical sizes) yield ``{"ok": false, "message": ...}`` rather
+than an exception, because a study with one finished cell should still produce its summary.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORM = "loss = a * x^(-b)"
+FORM_OFFSET = "loss = a * x^(-b) + c"
+PANELS = (("eval_loss", "params"), ("eval_loss", "flops"), ("accuracy", "params"), ("accuracy", "flops"))
+LABELS = {"params": "parameters", "flops": "training FLOPs", "eval_loss": "eval loss", "accuracy": "accuracy"}
+
+
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _r2(y: np.ndarray, yhat: np.ndarray) -> float | None:
+    ss_tot = float(np.sum((y - y.mean()) ** 2))
+    if ss_tot == 0.0:
+        return None  # all losses equal: R² is undefined, not 1
+    return 1.0 - float(np.sum((y - yhat) ** 2)) / ss_tot
+
+
+def _fail(message: str, form: str, dropped: list) -> dict[str, Any]:
+    return {"ok": False, "form": form, "message": message, "dropped": dropped}
+
+
+def fit_power_law(x: Sequence[Any], y: Sequence[Any], *, offset: bool = False) -> dict[str, Any]:
+    """Fit ``y = a * x^(-b) [+ c]``; points with non-positive or missing values are dropped (listed).
+
+    Without ``offset`` the fit is exact least squares in log-log space (a straight line), which is
+    robust and needs 2 points. With ``offset`` a nonlinear fit (scipy) starts from that line, with
+    ``0 <= c < min(y)``; it needs 4 points so at least one degree of freedom is left.
+    """
+    form = FORM_OFFSET if offset else FORM
+    pairs, dropped = [], []
+    for xi, yi in zip(x, y, strict=True):
+        fx, fy = _number(xi), _number(yi)
+        if fx is None or fy is None or fx <= 0 or fy <= 0:
+            dropped.append([xi, yi])
+        else:
+            pairs.append((fx, fy))
+    need = 4 if offset else 2
+    if len(pairs) < need:
+        return _fail(
+            f"need at least {need} points with positive size and loss for {form!r}, got {len(pairs)}"
+            + (f" ({len(dropped)} dropped as missing/non-positive)" if dropped else ""),
+            form,
+            dropped,
+        )
+    pairs.sort()
+    xs = np.array([p[0] for p in pairs])
+    ys = np.array([p[1] for p in pairs])
+    if np.unique(xs).size < 2:
+        return _fail("all points have the same size; the exponent is undefined", form, dropped)
+
+    slope, intercept = np.polyfit(np.log(xs), np.log(ys), 1)
+    a, b, c = float(math.exp(intercept)), float(-slope), 0.0
+    if offset:
+        from scipy.optimize import curve_fit
+
+        # Fit in x / x0 units: raw sizes (1e6..1e11) to a power make the Jacobian badly scaled.
+        x0 = float(np.exp(np.mean(np.log(xs))))
+
+        def model(u, a_, b_, c_):
+            return a_ * np.power(u, -b_) + c_
+
+        c_max = float(ys.min()) * (1 - 1e-9)
+        try:
+            (a_n, b, c), _ = curve_fit(
+                model,
+                xs / x0,
+                ys,
+                p0=(a * x0 ** (-b), b, 0.0),
+                bounds=([1e-12, -10.0, 0.0], [np.inf, 10.0, c_max]),
+                maxfev=20000,
+            )
+        except (RuntimeError, ValueError) as err:
+            return _fail(f"nonlinear fit did not converge: {err}", form, dropped)
+        a, b, c = float(a_n * x0**b), float(b), float(c)
+    yhat = a * np.power(xs, -b) + c
+    residuals = ys - yhat
+    result = {
+        "ok": True,
+        "form": form,
+        "a": a,
+        "b": b,
+        "c": c if offset else None,
+        "r2": _r2(ys, yhat),
+        "r2_log": _r2(np.log(ys), np.log(yhat)) if np.all(yhat > 0) else None,
+        "rmse": float(np.sqrt(np.mean(residuals**2))),
+        "residuals": [float(r) for r in residuals],
+        "x": [float(v) for v in xs],
+        "y": [float(v) for v in ys],
+        "n_points": len(pairs),
+        "dof": len(pairs) - (3 if offset else 2),
+        "dropped": dropped,
+    }
+    if result["dof"] == 0:
+        result["message"] = "exactly determined (no degrees of freedom): R² is trivially 1"
+    return result
+
+
+def _by_variant(rows: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(str(row.get("variant") or "default"), []).append(row)
+    return groups
+
+
+def fit_scaling(rows: Iterable[Mapping[str, Any]], *, offset: bool = False) -> dict[str, Any]:
+    """Per objective variant: eval-loss power laws vs parameters and vs FLOPs (the JSON summary)."""
+    rows = list(rows)
+    summary: dict[str, Any] = {"form": FORM_OFFSET if offset else FORM, "n_rows": len(rows), "variants": {}}
+    if not rows:
+        summary["message"] = "no rows: nothing to fit"
+        return summary
+    for variant, group in sorted(_by_variant(rows).items()):
+        losses = [r.get("eval_loss") for r in group]
+        summary["variants"][variant] = {
+            "cells": [r.get("cell") for r in group],
+            "vs_params": fit_power_law([r.get("params") for r in group], losses, offset=offset),
+            "vs_flops": fit_power_law([r.get("flops") for r in group], losses, offset=offset),
+        }
+    return summary
+
+
+def plot_scaling(
+    rows: Iterable[Mapping[str, Any]],
+    path: str | Path,
+    *,
+    fits: Mapping[str, Any] | None = None,
+    title: str = "scaling study",
+) -> Path:
+    """2x2 PNG: eval loss and accuracy vs parameters and vs FLOPs (log x), one line per variant.
+
+    Fitted curves from ``fits`` (the output of :func:`fit_scaling`) are drawn dashed on the loss
+    panels. Uses a bare ``Figure`` (Agg canvas), never pyplot: no global backend, no GUI, thread-safe.
+    """
+    from matplotlib.figure import Figure
+
+    rows = list(rows)
+    groups = _by_variant(rows)
+    fig = Figure(figsize=(11, 8), layout="constrained")
+    axes = fig.subplots(2, 2)
+    colors = [f"C{i}" for i in range(10)]
+    for ax, (metric, xkey) in zip(axes.flat, PANELS, strict=True):
+        drawn = False
+        for i, (variant, group) in enumerate(sorted(groups.items())):
+            pts = sorted(
+                (x, y)
+                for x, y in ((_number(r.get(xkey)), _number(r.get(metric))) for r in group)
+                if x is not None and y is not None and x > 0  # log axis: only positive sizes
+            )
+            if not pts:
+                continue
+            color = colors[i % len(colors)]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=color, label=variant)
+            drawn = True
+            fit = ((fits or {}).get("variants", {}).get(variant, {}) or {}).get(f"vs_{xkey}")
+            if metric == "eval_loss" and fit and fit.get("ok"):
+                grid = np.geomspace(min(fit["x"]), max(fit["x"]), 50)
+                curve = fit["a"] * np.power(grid, -fit["b"]) + (fit["c"] or 0.0)
+                ax.plot(grid, curve, "--", color=color, alpha=0.7, label=f"{variant} fit (b={fit['b']:.3g})")
+        ax.set_xlabel(LABELS[xkey])
+        ax.set_ylabel(LABELS[metric])
+        if drawn:
+            ax.set_xscale("log")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize="small")
+        else:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+    fig.suptitle(title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=100)
+    return path

@@ -1,0 +1,127 @@
+"""MLflow pyfunc wrapper of an exported student: questions in, greedy answers out.
+
+``mlflow.pyfunc.load_model("models:/NAME@champion").predict(["question", ...])`` returns a list of
+strings (the generated continuation after the prompt). A DataFrame with a ``question`` column works
+too. Only the causal LM is used for answering; ``graph_encoder.safetensors`` rides along in the
+artifact so the registered version is the complete exported student.
+
+Kept free of heavy imports at module level: MLflow unpickles this class in the serving process.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+
+log = logging.getLogger(__name__)
+
+ARTIFACT_KEY = "student"
+DEFAULT_MAX_NEW_TOKENS = 256
+DEFAULT_BATCH_SIZE = 8
+
+
+def _fallback_prompt(question: str, options: Any = None) -> str:
+    """Used only when ``magdi_dist/data/prompt.py`` is absent; mirrors its format at the time of writing.
+
+    Format: ``"Question: {question}\nAnswer: "`` (with ``Options: ...`` before Answer when given).
+    """
+    lines = [f"Question: {(question or '').strip()}"]
+    if options:
+        lines.append("Options: " + " ".join(str(o) for o in options))
+    lines.append("Answer: ")
+    return "\n".join(lines)
+
+
+@functools.cache
+def resolve_format_prompt():
+    """The training-time ``format_prompt``; evaluation must use the same one (docs/CONTRACTS.md).
+
+    ``prompt.py`` is loaded by file path, not via ``import magdi_dist.data.prompt``: the ``data``
+    package's ``__init__`` pulls in torch_geometric and the training stack, which a serving
+    environment (pinned to torch/transformers/safetensors/tokenizers) does not have, and a failed
+    import there would silently switch prompt formats.
+    """
+    loaded = sys.modules.get("magdi_dist.data.prompt")
+    if loaded is not None:
+        return loaded.format_prompt
+    spec = importlib.util.find_spec("magdi_dist")
+    path = Path(spec.origin).parent / "data" / "prompt.py" if spec and spec.origin else None
+    if path is None or not path.is_file():
+        log.warning("magdi_dist/data/prompt.py not found; using the fallback prompt format")
+        return _fallback_prompt
+    module_spec = importlib.util.spec_from_file_location("_magdi_student_prompt", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.format_prompt
+
+
+def _questions(model_input: Any) -> list[str]:
+    if isinstance(model_input, str):
+        return [model_input]
+    columns = getattr(model_input, "columns", None)
+    if columns is not None:  # pandas DataFrame
+        if "question" in columns:
+            return [str(q) for q in model_input["question"].tolist()]
+        if len(columns) == 1:  # MLflow turns a plain list into a one-column frame under a schema
+            return [str(q) for q in model_input.iloc[:, 0].tolist()]
+        raise ValueError(f"expected a 'question' column, got {list(columns)}")
+    if hasattr(model_input, "tolist"):  # numpy array / pandas Series
+        model_input = model_input.tolist()
+    if isinstance(model_input, dict) and "question" in model_input:
+        model_input = model_input["question"]
+        if isinstance(model_input, str):
+            return [model_input]
+    return [str(q) for q in model_input]
+
+
+class StudentModel(mlflow.pyfunc.PythonModel):
+    """Loads the HF directory from ``context.artifacts['student']``; generates greedily."""
+
+    def load_context(self, context) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = context.artifacts[ARTIFACT_KEY]
+        self.path = path  # where the loaded files live: for inspection and debugging
+        config = dict(getattr(context, "model_config", None) or {})
+        self.max_new_tokens = int(config.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS))
+        self.batch_size = int(config.get("batch_size", DEFAULT_BATCH_SIZE))
+        # trust_remote_code=False: a registered model must never execute code shipped in its files.
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        # Decoder-only batch generation needs left padding so every prompt ends at the same column.
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False).to(self.device)
+        self.model.eval()
+        self.format_prompt = resolve_format_prompt()
+
+    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list[str]:
+        import torch
+
+        params = params or {}
+        max_new_tokens = int(params.get("max_new_tokens") or self.max_new_tokens)
+        questions = _questions(model_input)
+        prompts = [self.format_prompt(q, None) for q in questions]
+        answers: list[str] = []
+        for start in range(0, len(prompts), self.batch_size):
+            chunk = prompts[start : start + self.batch_size]
+            batch = self.tokenizer(chunk, return_tensors="pt", padding=True).to(self.device)
+            with torch.inference_mode():
+                out = self.model.generate(
+                    **batch,
+                    do_sample=False,  # greedy: the registered answer must be reproducible
+                    num_beams=1,  # a generation_config.json shipping beams would otherwise win
+                    max_new_tokens=max_new_tokens,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                )
+            new_tokens = out[:, batch["input_ids"].shape[1] :]
+            answers.extend(t.strip() for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+        return answers
