@@ -4,9 +4,19 @@ checkout never passes by testing nothing."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+# One intra-op thread per process: the suite runs multi-process DeepSpeed and Ray on 2 cores, where
+# oversubscribed OpenMP pools make small ops orders of magnitude slower. Subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
 import pytest
+import torch
+
+torch.set_num_threads(1)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

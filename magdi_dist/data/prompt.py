@@ -1,0 +1,50 @@
+"""The text a training row and an evaluation prompt are made of. Training and evaluation must agree.
+
+A row is ``format_prompt(question, options)`` followed by ``format_target(reasoning, answer)`` and the
+tokenizer's eos token (appended as a token id by data/encode.py, never as text, so it cannot be split
+by a tokenizer that does not know its string). Evaluation feeds ``format_prompt`` alone and parses the
+generated "The answer is ..." sentence.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+
+# An option that already carries its label ("A) ...", "(b) ...", "3. ...") is shown as given.
+_LABELLED = re.compile(r"^\s*\(?[A-Za-z0-9]{1,2}[\).:]\s")
+
+ANSWER_PREFIX = "The answer is "
+
+
+def format_options(options: list[str]) -> str:
+    """"A) first B) second ..." (letters added unless every option is already labelled)."""
+    if all(_LABELLED.match(o) for o in options):
+        return " ".join(o.strip() for o in options)
+    letters = string.ascii_uppercase
+    return " ".join(f"{letters[i]}) {o.strip()}" for i, o in enumerate(options))
+
+
+def format_prompt(question: str | None, options: list[str] | None = None) -> str:
+    """'Question: ...\\nOptions: A) ... B) ...\\nAnswer: ' (no Options line without options).
+
+    ``question`` may be None (ReConcile pickles carry no question text): the line stays, empty.
+    """
+    lines = [f"Question: {(question or '').strip()}"]
+    if options:
+        lines.append(f"Options: {format_options(options)}")
+    lines.append("Answer: ")
+    return "\n".join(lines)
+
+
+def format_target(reasoning: str, answer: str | None) -> str:
+    """'<reasoning> The answer is <answer>.' (the answer sentence is omitted when there is no answer)."""
+    text = reasoning.strip()
+    if answer is not None and str(answer).strip():
+        text = f"{text} {answer_sentence(answer)}"
+    return text
+
+
+def answer_sentence(answer: str) -> str:
+    """The final sentence of a target: what answer_only_loss trains on and evaluation parses."""
+    return f"{ANSWER_PREFIX}{str(answer).strip()}."

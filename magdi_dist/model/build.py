@@ -1,0 +1,156 @@
+"""Build the student's causal LM from a spec: a hub id, a local directory, a tiny preset or a config dict.
+
+Tiny presets exist so the whole pipeline (data -> DeepSpeed -> eval) runs on a laptop or in CI; they
+are Llama-architecture models sized by *non-embedding* parameters (the count that sets FLOPs per
+token), so their size does not depend on the vocabulary of the tokenizer they are paired with.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+# Non-embedding parameter counts: tiny-1m 1.00M, tiny-5m 4.75M, tiny-20m 19.27M (see docs in the report
+# and tests). Embeddings are tied, so the total adds vocab_size * hidden_size once.
+TINY_PRESETS: dict[str, dict[str, int]] = {
+    "tiny-1m": dict(hidden_size=128, num_hidden_layers=5, num_attention_heads=4, intermediate_size=352),
+    "tiny-5m": dict(hidden_size=256, num_hidden_layers=6, num_attention_heads=8, intermediate_size=688),
+    "tiny-20m": dict(hidden_size=512, num_hidden_layers=6, num_attention_heads=8, intermediate_size=1408),
+}
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class LoraSpec(BaseModel):
+    """LoRA adapters (peft). Defaults are the reference MAGDi run's (r=16, alpha=32, q/v projections)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    r: int = Field(16, ge=1)
+    """Rank of the low-rank update."""
+    alpha: int = Field(32, ge=1)
+    """LoRA scaling numerator (the update is scaled by alpha / r)."""
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    """Dropout on the LoRA branch input."""
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
+    """Names of the linear modules that get adapters (Llama/Mistral naming by default)."""
+
+
+def tiny_config(spec: str | dict[str, Any], vocab_size: int, special_ids: dict[str, int | None]):
+    """A ``LlamaConfig`` for a preset name or a dict of LlamaConfig kwargs (optionally with ``preset``)."""
+    from transformers import LlamaConfig
+
+    if isinstance(spec, str):
+        spec = {"preset": spec}
+    kwargs = dict(spec)
+    preset = kwargs.pop("preset", None)
+    base: dict[str, Any] = dict(TINY_PRESETS[preset]) if preset else {}
+    base.update(
+        vocab_size=vocab_size,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        # Small models need no rope scaling tricks; keep the default theta explicit for reproducibility.
+        rope_theta=10000.0,
+        **{k: v for k, v in special_ids.items() if v is not None},
+    )
+    base.update(kwargs)
+    return LlamaConfig(**base)
+
+
+def is_tiny_spec(spec: str | dict[str, Any]) -> bool:
+    return isinstance(spec, dict) or spec in TINY_PRESETS
+
+
+def load_lm(
+    spec: str | dict[str, Any],
+    *,
+    tokenizer=None,
+    vocab_size: int | None = None,
+    seed: int = 0,
+    dtype: str = "float32",
+    lora: LoraSpec | None = None,
+    gradient_checkpointing: bool = False,
+    trust_remote_code: bool = False,
+) -> torch.nn.Module:
+    """Load or build the causal LM.
+
+    ``spec``: a tiny preset name (``tiny-1m``/``tiny-5m``/``tiny-20m``), a dict of ``LlamaConfig``
+    kwargs (may name a ``preset`` to override), a local directory written by ``save_pretrained`` or a
+    hub id. Tiny models take their vocabulary (and bos/eos/pad ids) from ``tokenizer`` (or
+    ``vocab_size``) and are initialised from ``seed`` without touching the global RNG.
+    Remote code is refused unless ``trust_remote_code`` is set explicitly.
+    """
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+    torch_dtype = DTYPES[dtype]
+    if is_tiny_spec(spec):
+        if tokenizer is not None:
+            vocab_size = len(tokenizer)
+        if vocab_size is None:
+            raise ValueError("a tiny model needs the tokenizer (or vocab_size) to size its embeddings")
+        ids = {
+            "bos_token_id": getattr(tokenizer, "bos_token_id", None),
+            "eos_token_id": getattr(tokenizer, "eos_token_id", None),
+            "pad_token_id": getattr(tokenizer, "pad_token_id", None),
+        }
+        config = tiny_config(spec, vocab_size, ids)
+        # fork_rng: the same seed gives the same weights whatever the caller did to the global RNG before,
+        # and building a model does not shift the RNG stream of the caller (data order, dropout).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            lm = LlamaForCausalLM(config)
+        lm = lm.to(torch_dtype)
+    else:
+        if not Path(str(spec)).is_dir() and "/" not in str(spec):
+            raise ValueError(
+                f"unknown model spec {spec!r}: expected a tiny preset {sorted(TINY_PRESETS)}, "
+                "a config dict, a local directory or a hub id (owner/name)"
+            )
+        lm = AutoModelForCausalLM.from_pretrained(
+            str(spec), dtype=torch_dtype, trust_remote_code=trust_remote_code
+        )
+    lm.config.use_cache = False  # training never decodes; the KV cache only costs memory
+    if gradient_checkpointing:
+        # Non-reentrant checkpointing works with frozen base weights (LoRA) without
+        # enable_input_require_grads, and with DeepSpeed ZeRO-3.
+        kwargs = {"use_reentrant": False}
+        if hasattr(lm, "activation_checkpointing_enable"):
+            lm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:  # transformers < 5
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if lora is not None:
+        from peft import LoraConfig, get_peft_model
+
+        lm = get_peft_model(
+            lm,
+            LoraConfig(
+                r=lora.r,
+                lora_alpha=lora.alpha,
+                lora_dropout=lora.dropout,
+                target_modules=list(lora.target_modules),
+                bias="none",
+                task_type="CAUSAL_LM",
+            ),
+        )
+    return lm
+
+
+def unwrap_lm(lm: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model under a peft wrapper (LoRA layers stay injected in it)."""
+    get_base = getattr(lm, "get_base_model", None)
+    return get_base() if callable(get_base) else lm
+
+
+def non_embedding_params(lm: torch.nn.Module) -> int:
+    """Parameters of the LM minus the input embedding table and the output projection (Kaplan et al.'s
+    N: tied or not, neither scales with depth). ``flops.py`` adds the output projection's matmul."""
+    base = unwrap_lm(lm)
+    seen = {id(p): p for p in base.parameters()}  # a tied tensor counts once
+    emb = base.get_input_embeddings().weight
+    out = base.get_output_embeddings()
+    skip = {id(emb)} | ({id(out.weight)} if out is not None else set())
+    # Under DeepSpeed ZeRO-3 a parameter is a partitioned stub (numel 0); ds_numel is its full size.
+    return sum(getattr(p, "ds_numel", p.numel()) for i, p in seen.items() if i not in skip)

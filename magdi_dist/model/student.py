@@ -1,0 +1,152 @@
+"""The MAGDi student: causal LM + graph encoder + scorer, trained on NTP + node classification + margin.
+
+Graph features (``graph_features``):
+
+* ``frozen`` (the reference): node features are the base student's pooled embeddings, computed once
+  before training (data/features.py) and carried in the batch. The node loss trains the GCN only.
+* ``live``: the node loss also trains the LM. Row b of the batch is the formatted text of node
+  ``pos_node[b]`` of graph b and row B+b that of ``neg_node[b]``, so the pooled embeddings this step
+  computes anyway *are* those nodes' current features: they replace the frozen rows of ``x``
+  (out-of-place ``index_put``), at zero extra LM compute. The other nodes keep frozen features unless
+  ``live_extra_nodes`` = K > 0: then up to K more nodes per graph (picked by collate) run through the
+  decoder, truncated to ``live_node_max_tokens`` tokens, without the output head. The extra cost per
+  step is bounded by B * K * live_node_max_tokens tokens of decoder forward + backward.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from magdi_dist.model.build import LoraSpec, load_lm, unwrap_lm
+from magdi_dist.model.encoder import GraphEncoder
+from magdi_dist.model.forward import lm_forward
+from magdi_dist.model.losses import margin_ranking_loss, node_loss, ntp_loss, pool_hidden
+
+
+class StudentConfig(BaseModel):
+    """The student model and its training objective."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    base: str | dict[str, Any] = "tiny-5m"
+    """Causal LM: a hub id (e.g. mistralai/Mistral-7B-Instruct-v0.2), a local directory, a tiny preset
+    (tiny-1m, tiny-5m, tiny-20m) or a dict of LlamaConfig fields (may name a preset to override)."""
+    seed: int = 0
+    """Initialisation seed of a tiny LM, the graph encoder and the scorer."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """dtype the LM weights are loaded in (the graph encoder and scorer stay float32)."""
+    trust_remote_code: bool = False
+    """Allow a hub model to run its own Python code. Off unless you trust the repository."""
+    lora: LoraSpec | None = None
+    """Train LoRA adapters instead of the full LM (the graph encoder and scorer are always trained)."""
+    gradient_checkpointing: bool = False
+    """Recompute decoder activations in the backward pass (less memory, ~30% more compute)."""
+    graph_features: Literal["frozen", "live"] = "frozen"
+    """frozen: node features from the base student, the node loss trains only the GCN (reference).
+    live: this batch's chains replace their nodes' features, so the node loss trains the LM too."""
+    live_extra_nodes: int = Field(0, ge=0)
+    """live only: run up to this many more nodes per graph through the LM (bounded extra compute)."""
+    live_node_max_tokens: int = Field(256, ge=1)
+    """live only: token budget of each extra node (collate truncates to it)."""
+    pooling: Literal["weighted_mean", "mean"] = "weighted_mean"
+    """Sequence embedding for the scorer and node features: position-weighted mean (reference) or mean."""
+    gcn_layers: int = Field(2, ge=1)
+    """GCN layers of the graph encoder (each adds one round of message passing)."""
+    gcn_hidden: int = Field(512, ge=1)
+    """Hidden size of the GCN layers."""
+    gcn_dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    """Dropout after each GCN layer."""
+    scorer_hidden: int | None = None
+    """Hidden size of the scorer MLP (None: the LM hidden size, as the reference)."""
+    ntp_weight: float = Field(1.0, ge=0.0)
+    """Weight of the next-token loss on correct chains (alpha)."""
+    node_weight: float = Field(1.0, ge=0.0)
+    """Weight of the node-classification loss (beta)."""
+    margin_weight: float = Field(0.1, ge=0.0)
+    """Weight of the margin ranking loss between correct and incorrect chains (gamma)."""
+    margin: float = Field(1.0, ge=0.0)
+    """Margin of the ranking loss (scores are tanh outputs in [-1, 1])."""
+    answer_only_loss: bool = False
+    """NTP only on the final answer sentence ("The answer is X." + eos) instead of the whole chain.
+    The prompt is never a target. Applied when rows are built (RowConfig.answer_only_loss)."""
+
+
+class MAGDiStudent(nn.Module):
+    def __init__(self, cfg: StudentConfig, lm: nn.Module | None = None, tokenizer=None):
+        super().__init__()
+        self.cfg = cfg
+        self.lm = lm if lm is not None else load_lm(
+            cfg.base, tokenizer=tokenizer, seed=cfg.seed, dtype=cfg.dtype, lora=cfg.lora,
+            gradient_checkpointing=cfg.gradient_checkpointing, trust_remote_code=cfg.trust_remote_code,
+        )
+        hidden = unwrap_lm(self.lm).config.hidden_size
+        self.hidden_size = hidden
+        scorer_hidden = cfg.scorer_hidden or hidden
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed + 1)
+            self.encoder = GraphEncoder(hidden, cfg.gcn_hidden, cfg.gcn_layers, cfg.gcn_dropout)
+            # Reference: tanh(mlp2(relu(mlp1(pooled)))), mlp1 H -> H.
+            self.scorer = nn.Sequential(nn.Linear(hidden, scorer_hidden), nn.ReLU(), nn.Linear(scorer_hidden, 1))
+
+    def score(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Scalar score in [-1, 1] per pooled sequence embedding."""
+        param = self.scorer[0].weight
+        return torch.tanh(self.scorer(pooled.to(param.dtype))).squeeze(-1)
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        input_ids, attention_mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+        B = input_ids.shape[0] // 2
+        pair_mask = batch["pair_mask"].to(input_ids.device)
+
+        # One pass for positives (rows :B) and negatives (rows B:); logits for positives only.
+        hidden, pos_logits = lm_forward(self.lm, input_ids, attention_mask, head_rows=B)
+        ntp, n_targets = ntp_loss(pos_logits, labels[:B])
+        pooled = pool_hidden(hidden, attention_mask, cfg.pooling)
+        scores = self.score(pooled)
+        margin = margin_ranking_loss(scores[:B], scores[B:], pair_mask, cfg.margin)
+
+        graph = batch["graph"]
+        x = graph.x.to(self.encoder.head.weight.dtype)
+        if cfg.graph_features == "live":
+            x = self._live_features(x, pooled, batch, B)
+        node_logits = self.encoder(x, graph.edge_index)
+        nodes = node_loss(node_logits, graph.y)
+
+        loss = cfg.ntp_weight * ntp + cfg.margin_weight * margin + cfg.node_weight * nodes
+        # Real tokens only: placeholder negatives (pair_mask 0) and padding are not counted.
+        row_tokens = attention_mask.sum(dim=1)
+        num_tokens = row_tokens[:B].sum() + (row_tokens[B:] * (pair_mask > 0)).sum()
+        if "extra_attention_mask" in batch and cfg.graph_features == "live":
+            num_tokens = num_tokens + batch["extra_attention_mask"].sum()
+        return {
+            "loss": loss,
+            "ntp_loss": ntp.detach(),
+            "margin_loss": margin.detach(),
+            "node_loss": nodes.detach(),
+            "num_tokens": num_tokens.detach(),
+            "num_target_tokens": n_targets.detach(),
+            "num_pairs_with_negative": (pair_mask > 0).sum().detach(),
+            "num_nodes": torch.tensor(graph.num_nodes, device=input_ids.device),
+        }
+
+    def _live_features(self, x: torch.Tensor, pooled: torch.Tensor, batch: dict, B: int) -> torch.Tensor:
+        """x with the rows of this batch's chain nodes replaced by their (differentiable) embeddings."""
+        dim = x.shape[1]
+        if dim != self.hidden_size:
+            raise ValueError(f"live graph features need node features of the LM hidden size "
+                             f"{self.hidden_size}, got {dim}")
+        pos_node, neg_node = batch["pos_node"].to(x.device), batch["neg_node"].to(x.device)
+        has_neg = neg_node >= 0
+        index = [pos_node, neg_node[has_neg]]
+        values = [pooled[:B], pooled[B:][has_neg]]
+        if self.cfg.live_extra_nodes > 0 and batch.get("extra_node") is not None and len(batch["extra_node"]):
+            extra_hidden, _ = lm_forward(self.lm, batch["extra_input_ids"], batch["extra_attention_mask"], None)
+            index.append(batch["extra_node"].to(x.device))
+            values.append(pool_hidden(extra_hidden, batch["extra_attention_mask"], self.cfg.pooling))
+        # Out-of-place: x may be a leaf of the batch; collate guarantees the indices are distinct.
+        return x.index_put((torch.cat(index),), torch.cat(values).to(x.dtype))
