@@ -18,6 +18,61 @@ app = typer.Typer(
 
 
 @app.command()
+def evaluate(
+    model: str = typer.Option(..., help="Exported student directory, or an MLflow URI (models:/NAME@ALIAS)."),
+    data: Path = typer.Option(..., help="Held-out questions: GSM8K/StrategyQA/ECQA/ARC/AQuA file or a MAG file."),
+    format: str | None = typer.Option(None, "--format", help="gsm8k, strategyqa, ecqa, arc, aqua or mag."),
+    task: str | None = typer.Option(None, help="Force the task family used for grading."),
+    k: int = typer.Option(1, "--k", help="Samples per question; k > 1 is self-consistency (majority vote)."),
+    temperature: float = typer.Option(0.0, help="0 = greedy; > 0 samples (needed for k > 1)."),
+    max_new_tokens: int = typer.Option(256, help="Generation budget per sample."),
+    limit: int | None = typer.Option(None, help="Evaluate only the first N questions."),
+    seed: int = typer.Option(0, help="Per-sample seeds derive from (seed, question index, sample)."),
+    batch_size: int = typer.Option(8, help="Questions per generate call (each with its k samples)."),
+    out: Path | None = typer.Option(None, help="Output folder (predictions.jsonl, summary.json)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+    teachers: Path | None = typer.Option(None, help="MAG file: compare the teachers' tokens per question."),
+    ray_address: str | None = typer.Option(None, help="Shard over Ray actors on this cluster ('auto' ok)."),
+    workers: int = typer.Option(1, help="Ray actors; > 1 without --ray-address starts a local Ray."),
+    worker_cpus: float = typer.Option(1.0, help="CPUs per Ray actor."),
+    worker_gpus: float = typer.Option(0.0, help="GPUs per Ray actor (1 on a GPU cluster)."),
+    mlflow_run_id: str | None = typer.Option(None, help="Log metrics and predictions to this MLflow run."),
+    tracking_uri: str | None = typer.Option(None, envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (stderr)."),
+) -> None:
+    """Evaluate an exported student on held-out questions (accuracy with 95% CI, cost, self-consistency)."""
+    import json
+
+    from magdi_dist.eval.errors import EvalInputError
+    from magdi_dist.eval.runner import EvalConfig
+    from magdi_dist.eval.runner import evaluate as run_evaluation
+    from magdi_dist.mag.errors import MAGInputError
+
+    cfg = EvalConfig(
+        model=model, data=str(data), format=format, task=task, k=k, temperature=temperature,
+        max_new_tokens=max_new_tokens, limit=limit, seed=seed, batch_size=batch_size,
+        out=str(out) if out else None, teachers=str(teachers) if teachers else None,
+        ray_address=ray_address, workers=workers, worker_cpus=worker_cpus, worker_gpus=worker_gpus,
+        mlflow_run_id=mlflow_run_id,
+        tracking_uri=tracking_uri, progress=progress,
+    )  # fmt: skip
+    try:
+        summary = run_evaluation(cfg)
+    except (EvalInputError, MAGInputError, FileNotFoundError) as err:  # bad data, options or model
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps(summary, sort_keys=True))
+    else:
+        lo, hi = summary["ci95_low"], summary["ci95_high"]
+        typer.echo(
+            f"accuracy {summary['accuracy']:.4f} (95% CI {lo:.4f}-{hi:.4f}) on n={summary['n']}, "
+            f"{summary['tokens_per_question']:.1f} tokens/question, extraction failures "
+            f"{summary['extraction_failure_rate']:.2%}; wrote {summary['out']}"
+        )
+
+
+@app.command()
 def synth(
     out: Path = typer.Option(..., help="Output MAG JSONL file."),
     n: int = typer.Option(200, help="Number of questions (MAGs)."),

@@ -1,0 +1,88 @@
+"""One evaluation worker: a loaded student that turns a batch of questions into per-question records.
+
+The same class runs in-process and inside each Ray actor, so a sharded run executes exactly the code
+of a single-process run on exactly the same batches.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from magdi_dist.eval.answers import extract_answer, is_correct, majority_vote
+from magdi_dist.eval.errors import EvalInputError
+from magdi_dist.eval.generate import generate, sample_seed
+from magdi_dist.eval.loader import StudentDirs, load_student, resolve
+from magdi_dist.eval.questions import EvalQuestion
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    k: int = 1
+    temperature: float = 0.0
+    max_new_tokens: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise EvalInputError(f"k must be >= 1, got {self.k}")
+        if self.k > 1 and self.temperature <= 0:
+            raise EvalInputError("self-consistency (k > 1) needs --temperature > 0: greedy samples are identical")
+        if self.max_new_tokens < 1:
+            raise EvalInputError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+def prompt_for(q: EvalQuestion) -> str:
+    from magdi_dist.data.prompt import format_prompt  # the training prompt, never a copy of it
+
+    return format_prompt(q.question, q.options)
+
+
+class Engine:
+    def __init__(self, model, tokenizer, settings: DecodeSettings) -> None:
+        self.model, self.tokenizer, self.settings = model, tokenizer, settings
+
+    @classmethod
+    def load(cls, ref: str, dirs: StudentDirs | None, settings: DecodeSettings, tracking_uri: str | None = None):
+        """Load from the driver's resolved directories when this process can see them (same machine or
+        shared storage), else resolve ``ref`` again here (a remote worker downloads its own copy)."""
+        if dirs is None or not (dirs.model.is_dir() and dirs.tokenizer.is_dir()):
+            dirs = resolve(ref, tracking_uri=tracking_uri)
+        model, tokenizer = load_student(dirs)
+        return cls(model, tokenizer, settings)
+
+    def run_batch(self, questions: list[EvalQuestion]) -> list[dict]:
+        """Records for ``questions``: all k samples of all questions in one generate call."""
+        s = self.settings
+        prompts = [prompt_for(q) for q in questions for _ in range(s.k)]
+        seeds = [sample_seed(s.seed, q.index, j) for q in questions for j in range(s.k)]
+        start = time.perf_counter()
+        gens = generate(
+            self.model, self.tokenizer, prompts, seeds, temperature=s.temperature, max_new_tokens=s.max_new_tokens
+        )
+        # Questions of a batch finish together: each is charged an equal share of the batch's time.
+        latency = (time.perf_counter() - start) / len(questions)
+        records = []
+        for i, q in enumerate(questions):
+            mine = gens[i * s.k : (i + 1) * s.k]
+            answers = [extract_answer(g.text) for g in mine]
+            vote = majority_vote(q.task, answers, q.options)
+            records.append(
+                {
+                    "index": q.index,
+                    "id": q.id,
+                    "task": q.task,
+                    "question": q.question,
+                    "options": q.options,
+                    "gold": q.gold,
+                    "samples": [g.text for g in mine],
+                    "answers": answers,
+                    "sample_tokens": [g.tokens for g in mine],
+                    "vote": vote.answer,
+                    "vote_count": vote.count,
+                    "correct": is_correct(q.task, vote.answer, q.gold, q.options),
+                    "generated_tokens": sum(g.tokens for g in mine),
+                    "latency_s": latency,
+                }
+            )
+        return records

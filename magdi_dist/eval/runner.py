@@ -1,0 +1,162 @@
+"""``magdi-dist evaluate``: questions -> batches -> records (in-process or on Ray) -> files -> MLflow."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+from magdi_dist.eval.engine import DecodeSettings, Engine, prompt_for
+from magdi_dist.eval.errors import EvalInputError
+from magdi_dist.eval.loader import StudentDirs, is_uri, load_student, resolve
+from magdi_dist.eval.questions import EvalQuestion, load_questions
+from magdi_dist.eval.stats import summarize
+
+PREDICTIONS = "predictions.jsonl"
+SUMMARY = "summary.json"
+
+
+@dataclass
+class EvalConfig:
+    model: str  # export directory or MLflow URI (models:/NAME@ALIAS, runs:/ID/PATH)
+    data: str
+    format: str | None = None
+    task: str | None = None
+    k: int = 1
+    temperature: float = 0.0
+    max_new_tokens: int = 256
+    limit: int | None = None
+    seed: int = 0
+    batch_size: int = 8  # questions per generate call (each brings its k samples)
+    out: str | None = None
+    teachers: str | None = None
+    ray_address: str | None = None
+    workers: int = 1
+    worker_cpus: float = 1.0  # Ray resources per actor; give each a GPU on a GPU cluster
+    worker_gpus: float = 0.0
+    mlflow_run_id: str | None = None
+    tracking_uri: str | None = None
+    progress: bool = True
+
+    @property
+    def settings(self) -> DecodeSettings:
+        return DecodeSettings(self.k, self.temperature, self.max_new_tokens, self.seed)
+
+    @property
+    def distributed(self) -> bool:
+        return bool(self.ray_address) or self.workers > 1
+
+    def validate(self) -> None:
+        """Fail on bad options before a model is loaded or a token generated."""
+        self.settings  # noqa: B018 -- DecodeSettings checks k, temperature and the token budget
+        if self.batch_size < 1 or self.workers < 1:
+            raise EvalInputError(f"batch_size and workers must be >= 1, got {self.batch_size}, {self.workers}")
+        if self.teachers and not Path(self.teachers).is_file():
+            raise EvalInputError(f"no such teachers file: {self.teachers}")
+
+
+def plan_batches(questions: list[EvalQuestion], tokenizer, batch_size: int) -> list[list[EvalQuestion]]:
+    """Questions grouped by prompt length (less padding), a pure function of the data and the batch
+    size, so every run (any number of workers) generates in exactly the same batches."""
+    lengths = [len(ids) for ids in tokenizer([prompt_for(q) for q in questions])["input_ids"]]
+    order = sorted(range(len(questions)), key=lambda i: (lengths[i], i))
+    return [[questions[i] for i in order[s : s + batch_size]] for s in range(0, len(order), batch_size)]
+
+
+def _progress(cfg: EvalConfig, total: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="evaluate", unit="q", disable=not cfg.progress)
+
+
+def _default_out(cfg: EvalConfig) -> Path:
+    return Path("outputs") / "eval" / f"{Path(cfg.data).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def write_outputs(out: Path, records: list[dict], summary: dict) -> tuple[Path, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    preds, summ = out / PREDICTIONS, out / SUMMARY
+    with preds.open("w", encoding="utf-8") as fh:
+        for r in records:
+            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+    summ.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return preds, summ
+
+
+def _records(cfg: EvalConfig, questions: list[EvalQuestion], dirs: StudentDirs) -> tuple[list[dict], object]:
+    """Per-question records in question order, and the student's tokenizer."""
+    settings = cfg.settings
+    bar = _progress(cfg, len(questions))
+    try:
+        if cfg.distributed:
+            from transformers import AutoTokenizer
+
+            from magdi_dist.eval.distributed import run_sharded
+
+            tokenizer = AutoTokenizer.from_pretrained(dirs.tokenizer)  # the driver only plans batches
+            records = run_sharded(
+                plan_batches(questions, tokenizer, cfg.batch_size),
+                ref=cfg.model,
+                dirs=dirs,
+                settings=settings,
+                workers=cfg.workers,
+                address=cfg.ray_address,
+                tracking_uri=cfg.tracking_uri,
+                cpus_per_worker=cfg.worker_cpus,
+                gpus_per_worker=cfg.worker_gpus,
+                on_batch=lambda out: bar.update(len(out)),
+            )
+            return records, tokenizer
+        model, tokenizer = load_student(dirs)
+        engine = Engine(model, tokenizer, settings)
+        records = []
+        for batch in plan_batches(questions, tokenizer, cfg.batch_size):
+            records.extend(engine.run_batch(batch))
+            bar.update(len(batch))
+        return sorted(records, key=lambda r: r["index"]), tokenizer
+    finally:
+        bar.close()
+
+
+def evaluate(cfg: EvalConfig) -> dict:
+    """Run the evaluation described by ``cfg``; write predictions and summary; return the summary."""
+    import torch
+
+    cfg.validate()
+    torch.manual_seed(cfg.seed)
+    questions, fmt = load_questions(cfg.data, format=cfg.format, task=cfg.task, limit=cfg.limit)
+    started = time.perf_counter()
+    # A registry model is downloaded for this run only; local workers read the same copy.
+    with tempfile.TemporaryDirectory(prefix="magdi-eval-model-") if is_uri(cfg.model) else nullcontext() as tmp:
+        dirs = resolve(cfg.model, tracking_uri=cfg.tracking_uri, cache_dir=tmp)
+        records, tokenizer = _records(cfg, questions, dirs)
+    summary = summarize(records)
+    summary.update(
+        model=cfg.model,
+        data=str(cfg.data),
+        format=fmt,
+        tasks=sorted({q.task for q in questions}),
+        k=cfg.k,
+        temperature=cfg.temperature,
+        max_new_tokens=cfg.max_new_tokens,
+        seed=cfg.seed,
+        batch_size=cfg.batch_size,
+        workers=cfg.workers if cfg.distributed else 1,
+        ray_address=cfg.ray_address,
+        wall_s=time.perf_counter() - started,
+    )
+    if cfg.teachers:
+        from magdi_dist.eval.efficiency import efficiency
+
+        summary["efficiency"] = efficiency(cfg.teachers, tokenizer, records, task=cfg.task)
+    out = Path(cfg.out) if cfg.out else _default_out(cfg)
+    summary["out"] = str(out)
+    files = write_outputs(out, records, summary)
+    if cfg.mlflow_run_id:
+        from magdi_dist.eval.tracking import log_to_run
+
+        log_to_run(cfg.mlflow_run_id, summary, list(files), tracking_uri=cfg.tracking_uri)
+    return summary
