@@ -1,0 +1,156 @@
+"""Checkpoints: ``output_dir/checkpoints/step-000123/`` = DeepSpeed state + trainer_state.json + one RNG
+file per rank + ``COMPLETE`` (written last, by rank 0, after a barrier).
+
+A directory without COMPLETE is a save that died half-way and is never resumed from. The trainer state
+holds the data position (micro-batches consumed), so the sampler replays the exact remaining order,
+and every rank's python / numpy / torch RNG, so dropout continues the same stream: a resumed run
+reproduces the uninterrupted one bit for bit (same world size). Assumes output_dir is shared by all
+ranks (one node, or a shared filesystem), as DeepSpeed's own checkpoints do.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from magdi_dist.train.dist import barrier
+
+log = logging.getLogger(__name__)
+
+MARKER = "COMPLETE"
+STATE = "trainer_state.json"
+
+
+class CheckpointMismatch(RuntimeError):
+    """The newest checkpoint was written by a different config or world size."""
+
+
+def ckpt_root(output_dir: str | Path) -> Path:
+    return Path(output_dir) / "checkpoints"
+
+
+def step_tag(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def _step_of(path: Path) -> int | None:
+    name = path.name
+    if not name.startswith("step-"):
+        return None
+    try:
+        return int(name[5:])
+    except ValueError:
+        return None
+
+
+def complete_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoint dirs, oldest first."""
+    root = ckpt_root(output_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and _step_of(p) is not None and (p / MARKER).exists()]
+    return sorted(found, key=_step_of)
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    done = complete_checkpoints(output_dir)
+    return done[-1] if done else None
+
+
+def read_state(ckpt: Path) -> dict:
+    return json.loads((ckpt / STATE).read_text())
+
+
+def check_resumable(output_dir: str | Path, cfg_hash: str, world_size: int | None) -> dict | None:
+    """The trainer state of the checkpoint a resume would use, after checking it fits this run.
+
+    Cheap (reads one JSON), so the CLI calls it before starting any process.
+    """
+    ckpt = latest_checkpoint(output_dir)
+    if ckpt is None:
+        return None
+    state = read_state(ckpt)
+    if state["config_hash"] != cfg_hash:
+        raise CheckpointMismatch(
+            f"{ckpt} was written by a run with config hash {state['config_hash']}, but this config "
+            f"hashes to {cfg_hash}: a setting that changes training differs. Use a new train.output_dir, "
+            "or --no-resume to start over (this deletes the old checkpoints)."
+        )
+    if world_size is not None and state["world_size"] != world_size:
+        raise CheckpointMismatch(
+            f"{ckpt} was written with world size {state['world_size']}, this run has {world_size}: "
+            "ZeRO shards and the data order depend on it. Resume with the same number of ranks."
+        )
+    return state
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(engine, output_dir: str | Path, step: int, state: dict, rank: int, keep_last_k: int) -> Path:
+    """Save on all ranks (collective). ``state``: step, epoch, data_position, config_hash, world_size."""
+    root = ckpt_root(output_dir)
+    tag = step_tag(step)
+    path = root / tag
+    if rank == 0 and path.exists():
+        shutil.rmtree(path)  # leftovers of a save that died before COMPLETE
+    barrier()
+    engine.save_checkpoint(str(root), tag=tag, save_latest=False)
+    torch.save(_rng_state(), path / f"rng_state_rank{rank}.pt")
+    if rank == 0:
+        (path / STATE).write_text(json.dumps(state, indent=2))
+    barrier()  # every rank's DeepSpeed shards and RNG file are on disk
+    if rank == 0:
+        (path / MARKER).write_text(f"{step}\n")
+        _prune(output_dir, keep_last_k)
+    return path
+
+
+def _prune(output_dir: str | Path, keep_last_k: int) -> None:
+    done = complete_checkpoints(output_dir)
+    newest = _step_of(done[-1])
+    for old in done[:-keep_last_k]:
+        shutil.rmtree(old, ignore_errors=True)
+    # Incomplete dirs older than the newest complete one can never become useful.
+    for p in ckpt_root(output_dir).iterdir():
+        step = _step_of(p)
+        if p.is_dir() and step is not None and step < newest and not (p / MARKER).exists():
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def restore(engine, ckpt: Path, rank: int) -> dict:
+    """Load DeepSpeed state (weights, optimizer, LR schedule) and this rank's RNG; return trainer state."""
+    load_path, _ = engine.load_checkpoint(
+        str(ckpt.parent), tag=ckpt.name, load_optimizer_states=True, load_lr_scheduler_states=True
+    )
+    if load_path is None:
+        raise RuntimeError(f"DeepSpeed could not load the checkpoint {ckpt}")
+    _set_rng_state(torch.load(ckpt / f"rng_state_rank{rank}.pt", weights_only=False))
+    return read_state(ckpt)
+
+
+def clear(output_dir: str | Path, rank: int) -> None:
+    """--no-resume: drop old checkpoints so keep_last_k and a later resume only see this run's."""
+    root = ckpt_root(output_dir)
+    if rank == 0 and root.exists():
+        log.warning("--no-resume: deleting existing checkpoints in %s", root)
+        shutil.rmtree(root)
+    barrier()

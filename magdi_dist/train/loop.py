@@ -1,0 +1,249 @@
+"""The training function: ``train(cfg)`` runs on every rank and relies only on torch.distributed env
+vars, so plain python, torchrun, the deepspeed launcher and Ray Train all call the same code.
+
+One optimizer step = ``grad_accum`` micro-steps through the DeepSpeed engine (it scales the loss by
+1/grad_accum, all-reduces at the boundary, clips and steps the optimizer and our LR schedule).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from magdi_dist.config import MAGDiConfig, config_hash
+from magdi_dist.train import checkpoint
+from magdi_dist.train.data import TrainData, build_train_data, tokenizer_for
+from magdi_dist.train.dist import DistInfo, barrier, init_distributed
+from magdi_dist.train.metrics import (
+    MetricsCallback,
+    MetricsWriter,
+    StepAccumulator,
+    measure_peak_flops,
+    step_record,
+)
+from magdi_dist.train.sampler import LengthGroupedSampler
+
+log = logging.getLogger("magdi_dist.train")
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    step: int
+    total_steps: int
+    metrics: list[dict] = field(default_factory=list)  # rank 0 only: what metrics.jsonl got this run
+    checkpoint: Path | None = None
+    export_dir: Path | None = None
+
+
+def seed_all(seed: int, rank: int) -> None:
+    """Per-rank streams (dropout differs across ranks, as data does), reproducible per (seed, rank)."""
+    s = seed * 100_003 + rank
+    random.seed(s)
+    np.random.seed(s % 2**32)
+    torch.manual_seed(s)
+
+
+def _setup_logging(info: DistInfo) -> None:
+    logging.basicConfig(level=logging.INFO if info.is_main else logging.WARNING,
+                        format=f"[rank{info.rank}] %(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    from deepspeed.utils import logger as ds_logger
+
+    ds_logger.setLevel(logging.WARNING)  # DeepSpeed's per-step INFO lines drown ours
+
+
+def _write_resolved(cfg: MAGDiConfig, out: Path, cfg_hash: str) -> None:
+    text = f"# resolved config, config_hash {cfg_hash}\n" + cfg.to_yaml()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "resolved_config.yaml").write_text(text)
+    print(text, flush=True)
+
+
+class _Flops:
+    """Training FLOPs of a micro-step, from counts taken before ZeRO-3 partitions the parameters."""
+
+    def __init__(self, student):
+        from magdi_dist.model import flops_per_node, flops_per_token
+
+        self.base = flops_per_token(student, 0)
+        self.per_pos = flops_per_token(student, 1) - self.base  # attention grows with sequence length
+        self.per_node = flops_per_node(student)
+
+    def __call__(self, out: dict, seq_len: int) -> float:
+        return (self.base + self.per_pos * seq_len) * float(out["num_tokens"]) + \
+            self.per_node * float(out["num_nodes"])
+
+
+def _collate(cfg: MAGDiConfig, rows, pad_id: int, epoch: int, device):
+    from magdi_dist.data import batch_to, collate
+
+    live = cfg.model.graph_features == "live"
+    batch = collate(rows, pad_id, live_extra_nodes=cfg.model.live_extra_nodes if live else 0,
+                    live_node_max_tokens=cfg.model.live_node_max_tokens, seed=cfg.train.seed + epoch)
+    return batch_to(batch, device)
+
+
+def evaluate(engine, cfg: MAGDiConfig, rows, pad_id: int, info: DistInfo) -> dict | None:
+    """Mean loss terms on the held-out rows (rank-disjoint, every rank the same number of batches, as
+    ZeRO-3 forwards are collective). The RNG is forked so evaluation never shifts training randomness."""
+    t = cfg.train
+    lengths = [max(len(r["pos_input_ids"]), len(r["neg_input_ids"]) or 1) for r in rows]
+    if len(rows) < t.micro_batch_size * info.world_size:
+        log.warning("eval skipped: %d held-out rows cannot fill one batch of %d x %d ranks",
+                    len(rows), t.micro_batch_size, info.world_size)
+        return None
+    sampler = LengthGroupedSampler(lengths, t.micro_batch_size, info.world_size, info.rank, shuffle=False)
+    batches = sampler.epoch_batches(0)[: t.eval_max_batches]
+    acc = StepAccumulator(info.device)
+    engine.eval()
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        for idx in batches:
+            acc.add(engine(_collate(cfg, [rows[i] for i in idx], pad_id, 0, info.device)), 0.0)
+    engine.train()
+    red = acc.reduce()
+    return {f"eval_{k}": red[k] for k in ("loss", "ntp_loss", "margin_loss", "node_loss")}
+
+
+def _grad_norm_stage0(engine) -> float:
+    """DeepSpeed reports no grad norm at stage 0 in fp32 (it clips with torch's clip_grad_norm_ and
+    drops the value), so take it from the all-reduced gradients before the step: the same number."""
+    grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
+    return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+
+
+def train(cfg: MAGDiConfig, *, resume: bool = True, metrics_callback: MetricsCallback | None = None,
+          data: TrainData | None = None) -> TrainResult:
+    """Train on this rank. ``data`` (rows from elsewhere, e.g. Parquet shards) skips the MAG -> row
+    build; the tokenizer then comes from data.tokenizer (a directory or hub id)."""
+    from tqdm.auto import tqdm
+
+    from magdi_dist.model import MAGDiStudent
+    from magdi_dist.train.engine import initialize
+    from magdi_dist.train.export import export
+
+    info = init_distributed()
+    _setup_logging(info)
+    t = cfg.train
+    out = Path(t.output_dir)
+    cfg_hash = config_hash(cfg)
+    if info.is_main:
+        _write_resolved(cfg, out, cfg_hash)
+    barrier()
+    if not resume:
+        checkpoint.clear(out, info.rank)
+    resume_state = checkpoint.check_resumable(out, cfg_hash, info.world_size) if resume else None
+
+    def factory(tokenizer):
+        return MAGDiStudent(cfg.model, tokenizer=tokenizer)
+
+    t0 = time.perf_counter()
+    if data is None:
+        data, tokenizer, student = build_train_data(cfg, info, factory)
+    else:
+        tokenizer = tokenizer_for(cfg, [], info)
+        student = factory(tokenizer)
+    log.info("rows and student ready in %.1fs", time.perf_counter() - t0)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    sampler = LengthGroupedSampler(data.lengths(), t.micro_batch_size, info.world_size, info.rank,
+                                   seed=t.seed, group=t.length_grouping)
+    total_steps = t.max_steps or max(1, math.ceil(t.epochs * sampler.batches_per_epoch / t.grad_accum))
+    flops = _Flops(student)
+    peak = t.peak_flops or measure_peak_flops(info.device)
+
+    t0 = time.perf_counter()
+    engine, _ = initialize(student, cfg, info.world_size, info.accelerator, total_steps)
+    log.info("DeepSpeed engine ready in %.1fs (ZeRO stage %d, %d steps)", time.perf_counter() - t0,
+             engine.zero_optimization_stage(), total_steps)
+    seed_all(t.seed, info.rank)
+    step, position = 0, 0
+    if resume_state is not None:
+        ckpt = checkpoint.latest_checkpoint(out)
+        state = checkpoint.restore(engine, ckpt, info.rank)  # also restores this rank's RNG
+        step, position = state["step"], state["data_position"]
+        log.info("resumed from %s (step %d, data position %d)", ckpt, step, position)
+    writer = MetricsWriter(out / "metrics.jsonl", info.is_main, step if resume_state else None)
+    result = TrainResult(out, step, total_steps)
+    last_saved = step if resume_state is not None else None
+    stage0_fp32 = engine.zero_optimization_stage() == 0 and not engine.bfloat16_enabled()
+    stop_at = min(total_steps, t.stop_after or total_steps)
+    per_epoch = sampler.batches_per_epoch
+    bar = tqdm(total=total_steps, initial=step, disable=not (info.is_main and t.progress), desc="train",
+               dynamic_ncols=True)
+
+    def save() -> None:
+        nonlocal last_saved
+        last_saved = step
+        state = {"step": step, "epoch": position / per_epoch, "data_position": position,
+                 "world_size": info.world_size, "config_hash": cfg_hash, "total_steps": total_steps}
+        t_save = time.perf_counter()
+        result.checkpoint = checkpoint.save(engine, out, step, state, info.rank, t.keep_last_k)
+        log.info("checkpoint %s saved in %.1fs", result.checkpoint.name, time.perf_counter() - t_save)
+
+    def run_eval() -> None:
+        ev = evaluate(engine, cfg, data.eval, pad_id, info) if data.eval else None
+        if ev is not None:
+            ev["step"] = step
+            writer.write(ev)
+            if metrics_callback and info.is_main:
+                metrics_callback(step, ev)
+
+    stream = sampler.iter_from(position)
+    acc = StepAccumulator(info.device)
+    engine.train()
+    t_loop = time.perf_counter()
+    while step < stop_at:
+        acc.reset()
+        grad_norm = None
+        lr = engine.get_lr()[0]  # the rate this step uses (the scheduler advances inside engine.step)
+        for _ in range(t.grad_accum):
+            pos, idx = next(stream)
+            batch = _collate(cfg, [data.train[i] for i in idx], pad_id, pos // per_epoch, info.device)
+            outputs = engine(batch)
+            engine.backward(outputs["loss"])  # DeepSpeed scales by 1/grad_accum, reduces at the boundary
+            if stage0_fp32 and engine.is_gradient_accumulation_boundary():
+                grad_norm = _grad_norm_stage0(engine)
+            engine.step()  # optimizer + LR schedule only at the boundary
+            acc.add(outputs, flops(outputs, batch["input_ids"].shape[1]))
+            position = pos + 1
+        step += 1
+        if grad_norm is None:
+            gn = engine.get_global_grad_norm()
+            grad_norm = float(gn) if gn is not None else None
+        # acc.reduce() is a collective: every rank, every step.
+        rec = step_record(step, acc.reduce(), lr, grad_norm, info.world_size, peak, position / per_epoch)
+        if info.is_main:
+            result.metrics.append(rec)
+            if step % t.log_every == 0 or step == stop_at:
+                writer.write(rec)
+            if metrics_callback:
+                metrics_callback(step, rec)
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}")
+        bar.update(1)
+        if t.eval_every and step % t.eval_every == 0:
+            run_eval()
+        if t.save_every and step % t.save_every == 0 and step < stop_at:
+            save()
+    bar.close()
+    result.step = step
+    log.info("trained to step %d in %.1fs", step, time.perf_counter() - t_loop)
+    finished_before = resume_state is not None and resume_state["step"] >= total_steps
+    if step == total_steps and not finished_before and not (t.eval_every and step % t.eval_every == 0):
+        run_eval()  # a stop_after / preempted run does not evaluate: its curve must match the full run's
+    if last_saved != step:
+        save()
+    else:
+        result.checkpoint = checkpoint.latest_checkpoint(out)
+    if step == total_steps and t.export and not (finished_before and (out / "export").is_dir()):
+        t_export = time.perf_counter()
+        result.export_dir = export(engine, cfg, tokenizer, out / "export", info.rank)
+        log.info("exported to %s in %.1fs", result.export_dir, time.perf_counter() - t_export)
+    barrier()
+    return result

@@ -1,0 +1,133 @@
+"""Real 2-rank DeepSpeed runs on CPU (gloo): ZeRO stages agree, checkpoints resume bit-exactly, ZeRO-3
+exports load and generate. Each run is a subprocess (torchrun or the deepspeed launcher); runs are
+shared through module-scoped fixtures so the whole module costs five short launches."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_train_helpers import deepspeed_launcher, losses, torchrun, train_records, write_config
+
+from magdi_dist.config import config_hash, load_config
+from magdi_dist.train.checkpoint import CheckpointMismatch, latest_checkpoint
+from magdi_dist.train.launch import validate
+
+pytestmark = pytest.mark.slow
+STAGES = (0, 2, 3)
+CURVE_KEYS = ("step", "loss", "ntp_loss", "margin_loss", "node_loss", "lr", "grad_norm", "tokens")
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_dist")
+    return root, write_config(root / "small.yaml")
+
+
+@pytest.fixture(scope="module")
+def stage_runs(work):
+    """One 6-step 2-rank torchrun per ZeRO preset. The ZeRO-2 run also checkpoints every 2 steps and is
+    the uninterrupted reference of the resume test."""
+    root, cfg = work
+    runs = {}
+    for stage in STAGES:
+        out = root / f"zero{stage}"
+        extra = ["train.save_every=2", "train.keep_last_k=2"] if stage == 2 else []
+        torchrun(cfg, f"train.deepspeed=zero{stage}", f"train.output_dir={out}", *extra)
+        runs[stage] = out
+    return runs
+
+
+def test_zero_stages_agree(stage_runs):
+    # Same fp32 math; ZeRO only moves where gradients are reduced and weights live. On CPU/gloo the
+    # curves come out identical; 1e-5 relative leaves room for a different summation order elsewhere.
+    ref = {k: losses(stage_runs[0], k) for k in ("loss", "ntp_loss", "margin_loss", "node_loss", "grad_norm")}
+    assert len(ref["loss"]) == 6 and ref["loss"][-1] < ref["loss"][0]
+    for stage in (2, 3):
+        for key, values in ref.items():
+            np.testing.assert_allclose(losses(stage_runs[stage], key), values, rtol=1e-5, atol=1e-6,
+                                       err_msg=f"ZeRO-{stage} {key}")
+    for stage in STAGES:
+        rec = train_records(stage_runs[stage])[0]
+        assert rec["tokens_per_s"] > 0 and 0 < rec["mfu"] < 1 and rec["lr"] == 0.0  # warmup starts at 0
+
+
+def test_checkpoints_and_resolved_config(stage_runs, work):
+    run = stage_runs[2]
+    names = sorted(p.name for p in (run / "checkpoints").iterdir() if p.is_dir())
+    assert names == ["step-000004", "step-000006"]  # saved at 2, 4, 6; keep_last_k=2
+    ckpt = latest_checkpoint(run)
+    files = {p.name for p in ckpt.iterdir()}
+    assert {"COMPLETE", "trainer_state.json", "rng_state_rank0.pt", "rng_state_rank1.pt"} <= files
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    assert state["step"] == 6 and state["data_position"] == 6 and state["world_size"] == 2
+    resolved = load_config(run / "resolved_config.yaml")
+    assert state["config_hash"] == config_hash(resolved)
+    assert resolved.train.zero_stage is None and resolved.train.deepspeed == "zero2"
+
+
+@pytest.fixture(scope="module")
+def resumed(work, stage_runs):
+    """The ZeRO-2 reference, stopped after step 3 by torchrun and resumed by the deepspeed launcher."""
+    root, cfg = work
+    out = root / "resumed"
+    common = ["train.deepspeed=zero2", f"train.output_dir={out}"]
+    torchrun(cfg, *common, "train.stop_after=3")
+    assert not (out / "export").exists() and latest_checkpoint(out).name == "step-000003"
+    # A save that died half-way (no COMPLETE) must be ignored, even though it is newer.
+    junk = out / "checkpoints" / "step-000005"
+    shutil.copytree(latest_checkpoint(out), junk)
+    (junk / "COMPLETE").unlink()
+    (junk / "trainer_state.json").write_text("{}")
+    deepspeed_launcher(cfg, *common, resume=True)
+    return out
+
+
+def test_resume_matches_uninterrupted_run_bitwise(resumed, stage_runs):
+    ref = stage_runs[2]
+    for name in ("model.safetensors", "graph_encoder.safetensors"):
+        a, b = load_file(ref / "export" / name), load_file(resumed / "export" / name)
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{name}:{key} differs after resume"
+    curve = [tuple(r.get(k) for k in CURVE_KEYS) for r in train_records(ref)]
+    assert [tuple(r.get(k) for k in CURVE_KEYS) for r in train_records(resumed)] == curve
+    evals = [r for r in train_records(resumed) if "eval_loss" in r]
+    assert evals == [r for r in train_records(ref) if "eval_loss" in r] and len(evals) == 1
+
+
+def test_resume_refuses_a_different_config_or_world_size(resumed, work):
+    _, cfg = work
+    args = [f"train.output_dir={resumed}", "train.deepspeed=zero2"]
+    validate(cfg, args, resume=True, world_size=2)  # the same config passes
+    with pytest.raises(CheckpointMismatch, match="config hash"):
+        validate(cfg, [*args, "train.lr=0.01"], resume=True, world_size=2)
+    with pytest.raises(CheckpointMismatch, match="world size 2"):
+        validate(cfg, args, resume=True, world_size=1)
+    validate(cfg, [*args, "train.lr=0.01"], resume=False, world_size=2)  # --no-resume starts over
+
+
+def test_zero3_export_loads_and_generates(stage_runs):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    export = stage_runs[3] / "export"
+    model = AutoModelForCausalLM.from_pretrained(export)
+    tok = AutoTokenizer.from_pretrained(export)
+    ids = tok("Question: Ava has 3 apples. Ava gets 4 more. How many apples does Ava have now?\nAnswer: ",
+              return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=8, do_sample=False)
+    assert out.shape[1] == ids["input_ids"].shape[1] + 8 or out[0, -1] == tok.eos_token_id
+    assert isinstance(tok.decode(out[0]), str)
+    # ZeRO-3 shards consolidated by DeepSpeed = the ZeRO-0 weights (up to reduction order).
+    a, b = load_file(export / "model.safetensors"), load_file(stage_runs[0] / "export" / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    graph = load_file(export / "graph_encoder.safetensors")
+    meta = json.loads((export / "graph_encoder.json").read_text())
+    assert meta["in_dim"] == model.config.hidden_size and meta["gcn_hidden"] == 32
+    assert graph["encoder.head.weight"].shape == (3, 32)
+    assert {k.split(".")[0] for k in graph} == {"encoder", "scorer"}
