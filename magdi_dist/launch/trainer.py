@@ -1,0 +1,177 @@
+"""Ray Train launcher: N workers, each a DeepSpeed engine running ``train.loop.train`` on the config's
+Parquet shards, restarted from the newest complete checkpoint when a worker dies.
+
+How the pieces meet:
+
+* Ray Train (V2, the default in Ray 2.60) creates the process group itself (gloo on CPU, nccl with
+  GPUs) and sets RANK / WORLD_SIZE / LOCAL_RANK / LOCAL_WORLD_SIZE / MASTER_ADDR / MASTER_PORT on every
+  worker. ``train.dist.init_distributed`` sees ``torch.distributed`` already initialised and skips its
+  own init; ``deepspeed.initialize`` then wraps that process group (``deepspeed.comm.init_distributed``
+  builds its backend on an initialised torch.distributed instead of creating a new one). The loop
+  stays Ray-agnostic: it reads only the torch.distributed env vars.
+* Checkpoints are the loop's own (``output_dir/checkpoints/step-N/`` + ``COMPLETE``), written by every
+  rank to shared storage. The run's Ray storage *is* ``output_dir`` (``storage_path`` = its parent,
+  ``name`` = its name), so each checkpoint directory lies inside Ray's experiment directory and every
+  rank reports it in place (``CheckpointUploadMode.NO_UPLOAD``): Ray records it without copying or
+  keeping only rank 0's files (ray-project/ray#33369), and ZeRO's per-rank shards stay whole.
+* On a worker failure Ray Train tears the group down and starts a new one (``FailureConfig``); the
+  loop resumes from the newest complete checkpoint, with the data position and every rank's RNG, so
+  the run ends with the weights an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from magdi_dist.config import MAGDiConfig
+from magdi_dist.preprocess.pipeline import Log, print_log
+
+log = logging.getLogger(__name__)
+
+# Test hook: the run sleeps this long after its first checkpoint of a fresh start (0: off), so a fault
+# test can kill a worker at a known point instead of racing a run that may already have finished.
+PAUSE_ENV = "MAGDI_PAUSE_AFTER_FIRST_CHECKPOINT_S"
+
+
+@contextmanager
+def reporting_checkpoints(resumed: bool) -> Iterator[None]:
+    """Report every checkpoint the loop completes to Ray Train, from every rank.
+
+    ``checkpoint.save`` is collective and returns on all ranks once the directory is complete (rank 0
+    writes COMPLETE before returning; ``ray.train.report`` is itself a barrier), so wrapping it keeps
+    the loop free of Ray and every rank reports the same number of times, as Ray Train requires.
+    """
+    import ray.train
+    from ray.train import Checkpoint, CheckpointUploadMode
+
+    from magdi_dist.train import checkpoint as ckpt
+
+    save = ckpt.save
+    first = [not resumed]
+
+    def save_and_report(engine, output_dir, step, state, rank, keep_last_k):
+        path = save(engine, output_dir, step, state, rank, keep_last_k)
+        ray.train.report(
+            {"step": step, "data_position": state["data_position"]},
+            checkpoint=Checkpoint.from_directory(str(path)),
+            checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD,
+        )
+        pause = float(os.environ.get(PAUSE_ENV, "0"))
+        if first[0] and pause > 0:
+            import time
+
+            time.sleep(pause)
+        first[0] = False
+        return path
+
+    ckpt.save = save_and_report
+    try:
+        yield
+    finally:
+        ckpt.save = save
+
+
+def _mlflow_callback(tracking: dict | None, rank: int):
+    """Per-step metrics into the cell's MLflow run, from rank 0 only (one run per cell, never one
+    per rank). The driver creates the run; workers only append to it."""
+    if not tracking or rank != 0:
+        return None
+    from magdi_dist.track import MetricsLogger
+
+    return MetricsLogger(tracking["uri"], tracking["run_id"], rank=rank, flush_every=20)
+
+
+def train_worker(config: dict[str, Any]) -> dict[str, Any]:
+    """What every Ray Train worker runs: shard rows in, the loop, a summary out (rank 0's is kept)."""
+    import ray.train
+
+    from magdi_dist.launch.shards import train_data_from_shards
+    from magdi_dist.train import checkpoint
+    from magdi_dist.train.loop import train
+
+    cfg = MAGDiConfig.model_validate(config["config"])
+    ctx = ray.train.get_context()
+    previous = ray.train.get_checkpoint()
+    resumed = checkpoint.latest_checkpoint(cfg.train.output_dir) is not None
+    print(f"[launch] rank {ctx.get_world_rank()}/{ctx.get_world_size()} pid {os.getpid()}; "
+          f"{'resuming' if resumed else 'starting'} (Ray's last checkpoint: "
+          f"{previous.path if previous else None})", flush=True)
+    data = train_data_from_shards(cfg, config["manifest"])
+    with reporting_checkpoints(resumed):
+        # A restart after a failure always resumes, whatever the first attempt was told.
+        logger = _mlflow_callback(config.get("tracking"), ctx.get_world_rank())
+        try:
+            result = train(cfg, resume=config["resume"] or previous is not None, data=data,
+                           metrics_callback=logger)
+        finally:
+            if logger is not None:
+                logger.close()  # flush the buffered steps, also when training fails
+    return {
+        "step": result.step,
+        "total_steps": result.total_steps,
+        "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+        "export_dir": str(result.export_dir) if result.export_dir else None,
+    }
+
+
+def gpus_available() -> bool:
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) >= 1
+
+
+def train_on_ray(
+    cfg: MAGDiConfig,
+    *,
+    num_workers: int = 2,
+    use_gpu: bool | None = None,
+    cpus_per_worker: float = 1.0,
+    max_failures: int = 3,
+    resume: bool = True,
+    address: str | None = None,
+    log: Log = print_log,
+    tracking: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Preprocess what is missing, then train with ``num_workers`` Ray Train workers; returns rank
+    0's summary (final step, checkpoint, export dir). Without ``address`` (or ``RAY_ADDRESS``, set for a
+    submitted job) an embedded local Ray is started and shut down again. ``tracking`` ({"uri", "run_id"})
+    sends rank 0's per-step metrics to that MLflow run."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from magdi_dist.launch.shards import ensure_shards
+    from magdi_dist.preprocess.session import ray_session
+
+    # Every worker and every restart must find the same directory, whatever its working directory.
+    out = Path(cfg.train.output_dir).resolve()
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"output_dir": str(out)})})
+    with ray_session(address, num_cpus=max(os.cpu_count() or 1, int(num_workers * cpus_per_worker) + 1)):
+        manifest = ensure_shards(cfg, engine="ray", log=log)
+        gpu = gpus_available() if use_gpu is None else use_gpu
+        resources = {"CPU": cpus_per_worker, **({"GPU": 1} if gpu else {})}
+        log(f"train: {num_workers} Ray Train worker(s), {'GPU' if gpu else 'CPU'} ({resources}), "
+            f"max_failures={max_failures}, output {out}")
+        trainer = TorchTrainer(
+            train_worker,
+            train_loop_config={"config": cfg.model_dump(mode="json"), "manifest": str(manifest), "resume": resume,
+                               "tracking": tracking},
+            scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=gpu, resources_per_worker=resources),
+            torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+            run_config=RunConfig(
+                name=out.name,
+                storage_path=str(out.parent),
+                failure_config=FailureConfig(max_failures=max_failures),
+                # Our loop prunes its own checkpoints (train.keep_last_k); Ray must not delete any.
+                checkpoint_config=CheckpointConfig(num_to_keep=None),
+            ),
+        )
+        result = trainer.fit()
+    summary = dict(result.return_value or {})
+    log(f"train: finished at step {summary.get('step')} of {summary.get('total_steps')}; "
+        f"checkpoint {summary.get('checkpoint')}; export {summary.get('export_dir')}")
+    return summary

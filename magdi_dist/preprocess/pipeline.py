@@ -1,0 +1,208 @@
+"""The preprocessing driver: plan (hash inputs, find what is already done), run the stages on Ray Data
+or in-process, record each finished input, and derive the manifest.
+
+Idempotence lives in the plan: an input whose key (content hash, file name, pipeline fingerprint) has
+a complete record is not even parsed, so a re-run on unchanged inputs starts no Ray work at all, and
+adding a file processes that file only.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from magdi_dist.preprocess import fingerprint as fp
+from magdi_dist.preprocess.featurize import FeatureSpec, feature_dim, load_feature_model, load_tokenizer
+from magdi_dist.preprocess.manifest import (
+    SHARD_SCHEMA_VERSION,
+    build_manifest,
+    load_unit_record,
+    manifest_path,
+    unit_record,
+    unit_record_path,
+    write_manifest,
+)
+from magdi_dist.preprocess.session import ray_session
+from magdi_dist.preprocess.settings import PIPELINE_VERSION, PreprocessSettings, expand_inputs
+from magdi_dist.preprocess.shard_io import atomic_write_json, remove_stale_tmp
+from magdi_dist.preprocess.stages import ShardBuilder, parse_unit
+
+Log = Callable[[str], None]
+
+
+def print_log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+@dataclass
+class PreprocessReport:
+    manifest: Path
+    processed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    totals: dict[str, int] = field(default_factory=dict)
+    manifest_changed: bool = False
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        t = self.totals
+        what = f"processed {len(self.processed)} new input(s)" if self.processed else "nothing to do"
+        return (
+            f"preprocess: {what}, {len(self.skipped)} up to date; {t['inputs']} inputs, {t['records_in']} "
+            f"records -> {t['mags']} MAGs + {t['rejected']} rejected -> {t['rows']} rows in {t['shards']} "
+            f"shards; manifest {'written' if self.manifest_changed else 'unchanged'} ({self.manifest}) "
+            f"in {self.seconds:.1f}s"
+        )
+
+
+def detect_device(settings: PreprocessSettings) -> str:
+    """'cuda' when feature actors get a GPU. Connected to a cluster, its GPUs decide, not the driver's."""
+    if settings.num_gpus is not None:
+        return "cuda" if settings.num_gpus > 0 else "cpu"
+    import ray
+
+    if ray.is_initialized():
+        return "cuda" if ray.cluster_resources().get("GPU", 0) >= 1 else "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def header(settings: PreprocessSettings, spec: FeatureSpec, device: str) -> dict[str, Any]:
+    """Everything that shapes the shards, hashed into the pipeline fingerprint."""
+    from magdi_dist.mag.schema import SCHEMA_VERSION
+
+    tokenizer = load_tokenizer(spec.tokenizer)
+    model = load_feature_model(spec, "cpu")
+    prints = {
+        "tokenizer": fp.tokenizer_fingerprint(tokenizer),
+        "model": fp.model_fingerprint(model),
+        "environment": fp.environment_fingerprint(),
+        "device": device,
+    }
+    # The spec's paths and model identity are covered by the tokenizer and weight hashes above.
+    content = {"preprocess": settings.content_fields(),
+               "features": spec.model_dump(include={"features", "pooling", "rows"})}
+    versions = {"pipeline": PIPELINE_VERSION, "mag_schema": SCHEMA_VERSION, "shard_schema": SHARD_SCHEMA_VERSION}
+    return {
+        "pipeline_version": PIPELINE_VERSION,
+        "mag_schema_version": SCHEMA_VERSION,
+        "fingerprint": fp.sha256_json({"versions": versions, "content": content, **prints}),
+        "fingerprints": prints,
+        "feature_dim": feature_dim(model),
+        "config": {"preprocess": {"inputs": settings.inputs, **settings.content_fields()},
+                   "features": spec.model_dump()},
+    }
+
+
+def _run_local(units, settings, spec, device) -> Iterable[dict]:
+    """The same stages in this process, one after the other (tests, benchmark baseline, no Ray)."""
+    s = settings.model_dump()
+    builder = ShardBuilder(spec.model_dump(), s, device)
+    for unit in units:
+        for row in parse_unit(unit, settings=s):
+            yield builder.build(row)
+
+
+def _run_ray(units, settings, spec, device) -> Iterable[dict]:
+    """parse (tasks) -> features, rows, write (actor pool), summaries streamed back shard by shard."""
+    import ray
+
+    s = settings.model_dump()
+    gpus = settings.num_gpus if settings.num_gpus is not None else (1 if device == "cuda" else 0)
+    ds = ray.data.from_items(units, override_num_blocks=len(units))  # one block per input file
+    ds = ds.flat_map(parse_unit, fn_kwargs={"settings": s})
+    ds = ds.map_batches(
+        ShardBuilder,
+        fn_constructor_kwargs={"spec": spec.model_dump(), "settings": s, "device": device},
+        batch_size=settings.batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=settings.concurrency),
+        num_cpus=settings.actor_num_cpus,
+        num_gpus=gpus,
+    )
+    yield from ds.iter_rows()
+
+
+ENGINES = {"ray": _run_ray, "local": _run_local}
+
+
+def run_preprocess(
+    settings: PreprocessSettings,
+    spec: FeatureSpec,
+    *,
+    engine: str = "ray",
+    address: str | None = None,
+    log: Log = print_log,
+) -> PreprocessReport:
+    """Bring ``settings.out_dir`` up to date with the inputs; return what was done.
+
+    ``engine="ray"`` uses the Ray this process is connected to, or the cluster at ``address`` /
+    ``RAY_ADDRESS``; without either it starts an embedded local Ray, and only when some input needs
+    work (an up-to-date re-run never starts Ray).
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; expected one of {sorted(ENGINES)}")
+    with ExitStack() as stack:
+        if engine == "ray" and (address or os.environ.get("RAY_ADDRESS")):
+            stack.enter_context(ray_session(address))  # a cluster's GPUs decide the feature device
+        return _run(settings, spec, engine, stack, log)
+
+
+def _run(settings: PreprocessSettings, spec: FeatureSpec, engine: str, stack: ExitStack, log: Log):
+    import ray
+
+    start = time.perf_counter()
+    out_dir = Path(settings.out_dir)
+    device = detect_device(settings)
+    head = header(settings, spec, device)
+    inputs = []
+    for path in expand_inputs(settings.inputs):
+        sha = fp.sha256_file(path)
+        inputs.append((str(path), path.name, sha, fp.unit_key(sha, path.name, head["fingerprint"])))
+    report = PreprocessReport(manifest=manifest_path(out_dir))
+    records = {key: rec for *_, key in inputs if (rec := load_unit_record(out_dir, key)) is not None}
+    pending: dict[str, dict] = {}
+    for path, name, sha, key in inputs:
+        if key in records:
+            report.skipped.append(path)
+        elif key not in pending:  # the same bytes under the same name twice: one unit of work
+            pending[key] = {"unit": key, "path": path, "name": name, "sha256": sha, "out_dir": str(out_dir)}
+            report.processed.append(path)
+    if pending:
+        log(f"preprocess: {len(pending)} of {len(inputs)} input(s) need work "
+            f"(engine={engine}, device={device}, fingerprint {head['fingerprint'][:12]})")
+        remove_stale_tmp(out_dir)
+        if engine == "ray" and not ray.is_initialized():
+            # Room for the actor pool plus the parse tasks, or the tasks would wait behind the actors.
+            cpus = max(os.cpu_count() or 1, math.ceil(settings.concurrency * settings.actor_num_cpus) + 1)
+            stack.enter_context(ray_session(num_cpus=cpus))
+        got: dict[str, list[dict]] = defaultdict(list)
+        for summary in ENGINES[engine](list(pending.values()), settings, spec, device):
+            key = summary["unit"]
+            got[key].append(summary)
+            if len(got[key]) < summary["n_chunks"]:
+                continue
+            unit = pending[key]
+            # Written last, after every shard of the input is in place: the input's "done" marker.
+            records[key] = unit_record(key, unit["name"], unit["sha256"], got[key])
+            atomic_write_json(unit_record_path(out_dir, key), records[key])
+            rec = records[key]
+            log(f"  [{len(got)}/{len(pending)}] {unit['path']}: {rec['records_in']} records -> {rec['mags']} "
+                f"MAGs, {rec['rejected']} rejected -> {sum(s['rows'] for s in rec['shards'])} rows, "
+                f"{len(rec['shards'])} shard(s)")
+        missing = [pending[k]["path"] for k in pending if k not in records]
+        if missing:
+            raise RuntimeError(f"preprocessing returned no shards for {missing}")
+    manifest = build_manifest(head, [(path, records[key]) for path, _, _, key in inputs])
+    report.manifest_changed = write_manifest(out_dir, manifest)
+    report.totals = manifest["totals"]
+    report.seconds = time.perf_counter() - start
+    log(report.line())
+    return report

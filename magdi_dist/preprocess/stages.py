@@ -1,0 +1,147 @@
+"""The two stages of the pipeline, as a plain function and a class, so Ray Data (``flat_map`` ->
+``map_batches`` actor pool) and the single-process engine run exactly the same code.
+
+parse_unit      one input file -> graded MAGs, a rejects file, and one row per shard (a fixed split of
+                the file: ``records_per_shard`` MAGs each) carrying the MAGs as JSON. Light: readers and
+                grading only, so these tasks start fast and never import torch.
+ShardBuilder    frozen base-student node features, contrastive pair rows and tokens for one shard, then
+                the Parquet file, written atomically; returns the shard's summary to the driver. An
+                actor pool: each actor loads the tokenizer and model once (GPU when the cluster has one).
+                Rows and the write live in the actor too, because a separate task stage would start
+                more processes that each import torch and transformers again -- on a small node that
+                start-up costs more than the work.
+
+A row between the stages is a whole shard, never a single MAG: a shard's features are then computed in
+one call, batched in an order fixed by its content, which is what makes shard hashes reproducible.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from magdi_dist.mag.schema import MAG
+from magdi_dist.preprocess.featurize import (
+    FeatureSpec,
+    MemoTokenizer,
+    build_rows,
+    feature_extractor,
+    load_feature_model,
+    load_tokenizer,
+)
+from magdi_dist.preprocess.manifest import REJECTS, SHARDS, rejects_name, shard_name
+from magdi_dist.preprocess.settings import PreprocessSettings
+from magdi_dist.preprocess.shard_io import atomic_write_jsonl, shard_summary, sort_rows, write_shard
+
+# What the builder hands back per shard. Fixed, so summaries of every shard stack into one block.
+SUMMARY_SCHEMA = pa.schema(
+    [
+        ("unit", pa.string()),
+        ("chunk", pa.int64()),
+        ("n_chunks", pa.int64()),
+        ("records_in", pa.int64()),
+        ("n_mags", pa.int64()),
+        ("n_rejected", pa.int64()),
+        ("existing", pa.bool_()),
+        ("name", pa.string()),
+        ("rows", pa.int64()),
+        ("bytes", pa.int64()),
+        ("sha256", pa.string()),
+    ]
+)
+
+
+def _renamed(mag: MAG, name: str) -> MAG:
+    """Provenance carries the file *name*: the unit key covers the name, not the directory, so moving
+    the inputs keeps their shards while every row still leads back to its file and record."""
+    if mag.source is None:
+        return mag
+    return mag.model_copy(update={"source": mag.source.model_copy(update={"file": name})})
+
+
+def parse_unit(unit: dict[str, Any], *, settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """One input file -> its shard rows (``flat_map``). Shards already on disk travel as empty rows
+    marked ``existing`` (the writer only re-reads their summary): a re-run after a crash redoes only
+    the shards that never got renamed into place."""
+    from magdi_dist.mag.readers import iter_items
+
+    cfg = PreprocessSettings(**settings)
+    out_dir, name, key = Path(unit["out_dir"]), unit["name"], unit["unit"]
+    mags: list[MAG] = []
+    rejects: list[dict] = []
+    records_in = 0
+    for item in iter_items(unit["path"], format=cfg.format, task=cfg.task):
+        records_in += 1
+        if isinstance(item, MAG):
+            mags.append(_renamed(item, name))
+            continue
+        if cfg.strict:
+            raise item.error
+        entry = item.as_dict()
+        entry["file"] = name
+        rejects.append(entry)
+    if rejects:
+        atomic_write_jsonl(out_dir / REJECTS / rejects_name(key), rejects)
+    # Every input gets at least one shard (maybe empty), so every input reports back to the driver.
+    n_chunks = max(1, math.ceil(len(mags) / cfg.records_per_shard))
+    rows = []
+    for c in range(n_chunks):
+        shard = shard_name(key, c)
+        existing = (out_dir / SHARDS / shard).is_file()
+        part = [] if existing else mags[c * cfg.records_per_shard : (c + 1) * cfg.records_per_shard]
+        rows.append({
+            "unit": key,
+            "out_dir": str(out_dir),
+            "shard": shard,
+            "chunk": c,
+            "n_chunks": n_chunks,
+            "records_in": records_in,
+            "n_mags": len(mags),
+            "n_rejected": len(rejects),
+            "existing": existing,
+            "mags": [m.model_dump_json() for m in part],
+        })
+    return rows
+
+
+class ShardBuilder:
+    """Callable class for ``map_batches``: features, rows and the Parquet write of whole shards."""
+
+    def __init__(self, spec: dict[str, Any], settings: dict[str, Any], device: str = "cpu") -> None:
+        import torch
+
+        self.cfg = PreprocessSettings(**settings)
+        self.spec = FeatureSpec(**spec)
+        # Part of the fingerprint: the same thread count in every actor and every run.
+        torch.set_num_threads(self.cfg.torch_threads)
+        if device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("the pipeline was planned for GPU features but this actor sees no GPU")
+        # Features and rows tokenize the same node texts (and every node repeats its question):
+        # one memo, cleared per shard, serves both.
+        self.tokenizer = MemoTokenizer(load_tokenizer(self.spec.tokenizer))
+        model = load_feature_model(self.spec, device)
+        self.extract = feature_extractor(self.spec, model, self.tokenizer, batch_size=self.cfg.feature_batch_size,
+                                         device=device)
+        self.node_ids = self.spec.rows.get("node_max_tokens", 0) > 0
+
+    def build(self, row: dict[str, Any]) -> dict[str, Any]:
+        """One shard row -> its Parquet file (unless already there) -> its summary."""
+        from magdi_dist.data.rows import ready_mag
+
+        path = Path(row["out_dir"]) / SHARDS / row["shard"]
+        self.tokenizer.clear()
+        if row["existing"]:
+            summary = shard_summary(path)
+        else:
+            # The completed grid: the node set the rows and the graph use (missing nodes included).
+            mags = [ready_mag(MAG.model_validate_json(text)) for text in row["mags"]]
+            rows = build_rows(mags, self.extract(mags), self.tokenizer, self.spec)
+            summary = write_shard(path, sort_rows(rows), self.cfg.row_group_rows, node_ids=self.node_ids)
+        keep = ("unit", "chunk", "n_chunks", "records_in", "n_mags", "n_rejected", "existing")
+        return {**{k: row[k] for k in keep}, **summary}
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return pa.Table.from_pylist([self.build(row) for row in batch.to_pylist()], schema=SUMMARY_SCHEMA)

@@ -1,0 +1,43 @@
+"""Ray job entrypoint: a config's teacher data -> Parquet shards + manifest.json (magdi_dist.preprocess).
+
+    ray job submit --address http://127.0.0.1:8265 --working-dir . \\
+        --runtime-env ray_jobs/runtime_env.yaml -- python ray_jobs/preprocess.py --config configs/tiny.yaml
+
+The job's driver joins the cluster it was submitted to (Ray sets ``RAY_ADDRESS``); the Ray Data
+pipeline then runs its parse tasks and feature actors there. Idempotent: inputs already turned into
+shards with the same settings, tokenizer and model are skipped, and the job says so.
+Paths in the config (inputs, ``train.output_dir``) must be visible to the cluster: use absolute paths on
+shared storage, since relative ones resolve inside the job's temporary copy of the working dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+# ``python ray_jobs/preprocess.py`` puts ray_jobs/ on sys.path, not the repository root.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ray_jobs/preprocess.py", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="Run config YAML (the one train uses).")
+    parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else local).")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
+    args = parser.parse_args(argv)
+
+    from magdi_dist.config import ConfigError, load_config
+    from magdi_dist.launch.shards import ensure_shards
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"manifest: {ensure_shards(cfg, engine='ray', address=args.address)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Ray job entrypoint: preprocess what is missing, then train with Ray Train + DeepSpeed (magdi_dist.launch).
+
+    ray job submit --address http://127.0.0.1:8265 --working-dir . \\
+        --runtime-env ray_jobs/runtime_env.yaml -- python ray_jobs/train.py --config configs/tiny.yaml \\
+        --workers 2 train.output_dir=/shared/runs/tiny
+
+``--workers`` Ray Train workers (GPU ones when the cluster has GPUs) each run one DeepSpeed rank; a
+worker that dies is replaced up to ``--max-failures`` times and training resumes from the newest
+complete checkpoint in ``train.output_dir/checkpoints``. ``train.output_dir`` must be shared by all
+nodes and should be absolute (a relative path lands in the job's temporary working-dir copy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+# ``python ray_jobs/train.py`` puts ray_jobs/ on sys.path, not the repository root.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ray_jobs/train.py", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="Run config YAML (the one preprocess uses).")
+    parser.add_argument("--workers", type=int, default=2, help="Ray Train workers (DeepSpeed ranks).")
+    parser.add_argument("--cpus-per-worker", type=float, default=1.0)
+    parser.add_argument("--gpu", action=argparse.BooleanOptionalAction, default=None,
+                        help="One GPU per worker (default: when the cluster has GPUs).")
+    parser.add_argument("--max-failures", type=int, default=3, help="Worker failures to recover from.")
+    parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                        help="Resume from the newest complete checkpoint (--no-resume deletes them).")
+    parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else local).")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
+    args = parser.parse_args(argv)
+
+    from magdi_dist.config import ConfigError, load_config
+    from magdi_dist.launch.trainer import train_on_ray
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    summary = train_on_ray(cfg, num_workers=args.workers, use_gpu=args.gpu, cpus_per_worker=args.cpus_per_worker,
+                           max_failures=args.max_failures, resume=args.resume, address=args.address)
+    return 0 if summary.get("step") == summary.get("total_steps") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
