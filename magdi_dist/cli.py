@@ -18,6 +18,87 @@ app = typer.Typer(
 
 
 @app.command()
+def preprocess(
+    config: Path = typer.Option(..., "--config", "-c", help="Run config YAML (the one train uses)."),
+    overrides: list[str] | None = typer.Argument(None, help="Overrides key.sub=value."),
+    address: str | None = typer.Option(None, "--address",
+                                       help="Ray cluster (default: RAY_ADDRESS, else an embedded local Ray)."),
+    local: bool = typer.Option(False, "--local", help="Run the same stages in this process, without Ray."),
+    verify: bool = typer.Option(False, "--verify", help="Re-hash every shard against the manifest afterwards."),
+) -> None:
+    """Teacher transcripts -> graded MAGs -> pair rows with tokens and frozen node features -> Parquet
+    shards + manifest.json (Ray Data). Re-runs only process new or changed inputs."""
+    from magdi_dist.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(config, list(overrides or []))
+    except ConfigError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    from magdi_dist.launch.shards import ensure_shards
+    from magdi_dist.preprocess.manifest import verify_manifest
+
+    manifest = ensure_shards(cfg, engine="local" if local else "ray", address=address)
+    problems = verify_manifest(manifest) if verify else []
+    for problem in problems:
+        typer.echo(f"error: {problem}", err=True)
+    raise typer.Exit(1 if problems else 0)
+
+
+@app.command()
+def submit(
+    address: str = typer.Option(..., "--address", help="Ray job API, e.g. http://127.0.0.1:8265."),
+    config: Path = typer.Option(..., "--config", "-c", help="Run config YAML inside the working dir."),
+    job: str = typer.Option("train", "--job", help="Entrypoint ray_jobs/<job>.py: preprocess, train or study."),
+    args: list[str] | None = typer.Argument(None, help="Passed on to the entrypoint (after --), e.g. "
+                                                       "-- --workers 2 train.output_dir=/shared/run."),
+    env: list[str] = typer.Option([], "--env", help="KEY=VALUE for the job's processes (repeatable)."),
+    working_dir: Path = typer.Option(Path("."), "--working-dir", help="Uploaded to the cluster."),
+    follow: bool = typer.Option(True, "--follow/--no-follow", help="Stream the logs until the job ends."),
+) -> None:
+    """Submit a ray_jobs/ entrypoint to a Ray cluster (job SDK) and stream its logs; exit 0 on SUCCEEDED."""
+    from magdi_dist.launch.jobs import submit as submit_job
+
+    pairs = dict(item.split("=", 1) for item in env if "=" in item)
+    if len(pairs) != len(env):
+        typer.echo("error: --env takes KEY=VALUE", err=True)
+        raise typer.Exit(2)
+    try:
+        _, status = submit_job(address, job, config, list(args or []), working_dir=working_dir, env=pairs,
+                               follow=follow)
+    except (ValueError, FileNotFoundError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    ok = status == "SUCCEEDED" if follow else status not in ("FAILED", "STOPPED")
+    raise typer.Exit(0 if ok else 1)
+
+
+@app.command()
+def train(
+    config: Path | None = typer.Option(None, "--config", "-c", help="Run config YAML (see configs/tiny.yaml)."),
+    overrides: list[str] | None = typer.Argument(None, help="Overrides key.sub=value, e.g. train.lr=3e-4."),
+    resume: bool = typer.Option(True, "--resume/--no-resume",
+                                help="Resume from the newest complete checkpoint in train.output_dir; "
+                                     "--no-resume deletes its checkpoints and starts over."),
+    nproc_per_node: int = typer.Option(1, "--nproc-per-node", min=1,
+                                       help="Local ranks to start with torchrun (1: train in this process)."),
+    keys: bool = typer.Option(False, "--keys", help="List every config key with its default and meaning."),
+) -> None:
+    """Train the MAGDi student with DeepSpeed ZeRO. The config is validated before any rank starts;
+    under torchrun / the deepspeed launcher run ``python -m magdi_dist.train`` on every rank instead."""
+    if keys:
+        from magdi_dist.config import describe_config
+
+        typer.echo(describe_config())
+        raise typer.Exit(0)
+    if config is None:
+        raise typer.BadParameter("--config is required", param_hint="--config")
+    from magdi_dist.train.launch import run
+
+    raise typer.Exit(run(config, list(overrides or []), resume, nproc_per_node))
+
+
+@app.command()
 def evaluate(
     model: str = typer.Option(..., help="Exported student directory, or an MLflow URI (models:/NAME@ALIAS)."),
     data: Path = typer.Option(..., help="Held-out questions: GSM8K/StrategyQA/ECQA/ARC/AQuA file or a MAG file."),
@@ -134,6 +215,86 @@ def convert(
     result = _read(paths, format, task, strict, rejects)
     write_mags_jsonl(result.mags, out)
     typer.echo(f"wrote {len(result.mags)} MAGs to {out} ({len(result.rejected)} rejected)")
+
+
+@app.command()
+def study(
+    config: Path = typer.Option(..., "--config", help="Study YAML (sizes x variants over one training config)."),
+    overrides: list[str] = typer.Argument(None, help="key=value overrides of the study file."),
+    as_json: bool = typer.Option(False, "--json", help="Print the study summary as JSON."),
+) -> None:
+    """Run a scaling study: train, evaluate and register every cell; log the curve; crown the champion."""
+    import json
+
+    from magdi_dist.config import ConfigError
+    from magdi_dist.study.config import load_study
+    from magdi_dist.study.report import format_summary, mlflow_ui_command
+    from magdi_dist.study.runner import run_study
+
+    try:
+        spec = load_study(config, overrides or [])
+    except ConfigError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    summary = run_study(spec)
+    if as_json:
+        typer.echo(json.dumps(summary, default=str))
+    else:
+        typer.echo(format_summary(summary))
+        typer.echo(f"scaling plot: {summary['plot']}")
+        typer.echo(f"look at it:   {mlflow_ui_command(summary['tracking_uri'])}")
+    raise typer.Exit(0 if summary["status"] == "FINISHED" else 1)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), help="Output folder (data, shards, checkpoints, MLflow store)."),
+    quick: bool = typer.Option(False, help="CI-sized variant: two small students, a few steps."),
+) -> None:
+    """The whole pipeline on SYNTHETIC data: preprocess with Ray, train 3 student sizes with DeepSpeed
+    ZeRO-2 on 2 CPU ranks, log the study in MLflow, register the champion and ask it a question."""
+    import time
+
+    from magdi_dist.study.demo import ask_champion, load_demo
+    from magdi_dist.study.report import format_summary, mlflow_ui_command
+    from magdi_dist.study.runner import run_study
+
+    started = time.perf_counter()
+    summary = run_study(load_demo(out, quick=quick))
+    typer.echo(format_summary(summary))
+    if summary["champion"]:
+        question, answer = ask_champion(summary)
+        typer.echo(f"champion {summary['champion']['uri']} (version {summary['champion']['version']})")
+        typer.echo(f"  Q: {question}\n  A: {answer}")
+    typer.echo(f"scaling plot: {summary['plot']}")
+    typer.echo(f"look at it:   {mlflow_ui_command(summary['tracking_uri'])}")
+    typer.echo(f"demo wall time: {time.perf_counter() - started:.0f} s")
+    raise typer.Exit(0 if summary["status"] == "FINISHED" else 1)
+
+
+@app.command()
+def bench(
+    quick: bool = typer.Option(False, help="Smoke-test size (about 3 minutes; the numbers mean nothing)."),
+    only: list[str] = typer.Option([], "--only", help="Run only this figure (repeatable): padding, "
+                                   "step_overhead, mfu, data_path, checkpoint, zero_memory, preprocessing."),
+    threads: int = typer.Option(1, help="torch intra-op threads per process."),
+    save_baseline: bool = typer.Option(False, help="Also write benchmarks/results/before.json."),
+    docs: bool = typer.Option(True, "--docs/--no-docs", help="Rewrite the table in docs/benchmarks.md."),
+) -> None:
+    """Run the performance benchmarks (benchmarks/, a source checkout only): JSON in
+    benchmarks/results/, the table in docs/benchmarks.md; same as ``python -m benchmarks``."""
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "benchmarks" / "__main__.py").is_file():
+        typer.echo(f"error: no benchmarks/ next to {root / 'magdi_dist'} (run from a source checkout)", err=True)
+        raise typer.Exit(2)
+    sys.path.insert(0, str(root))  # the benchmarks package is not installed with magdi_dist
+    from benchmarks.__main__ import main as run_benchmarks
+
+    argv = (["--quick"] if quick else []) + (["--only", *only] if only else []) + ["--threads", str(threads)]
+    argv += (["--save-baseline"] if save_baseline else []) + ([] if docs else ["--no-docs"])
+    raise typer.Exit(run_benchmarks(argv))
 
 
 if __name__ == "__main__":

@@ -31,11 +31,13 @@ def log_study_summary(
     rank: int,
     offset: bool = False,
     title: str | None = None,
+    keep_dir: str | Path | None = None,
 ) -> dict[str, Any] | None:
     """Fit, plot and log ``scaling_curve.png``, ``scaling_fit.json`` and ``scaling_rows.json``.
 
     Returns the fit summary (also on failure-to-fit: it then carries messages, see ``fit_scaling``);
-    None on ranks other than 0.
+    None on ranks other than 0. ``keep_dir`` keeps the files there too (a study's output folder), so
+    a user can open the plot without going through the tracking server.
     """
     if rank != 0 or parent_run_id is None:
         return None
@@ -47,8 +49,12 @@ def log_study_summary(
     fits = fit_scaling(rows, offset=offset)
     client = client_for(tracking_uri)
     with tempfile.TemporaryDirectory(prefix="magdi-summary-") as tmp:
-        png = plot_scaling(rows, Path(tmp) / PLOT_ARTIFACT, fits=fits, title=title or "scaling study")
+        folder = Path(keep_dir) if keep_dir is not None else Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        png = plot_scaling(rows, folder / PLOT_ARTIFACT, fits=fits, title=title or "scaling study")
         client.log_artifact(parent_run_id, str(png))
+        if keep_dir is not None:
+            (folder / FIT_ARTIFACT).write_text(json.dumps(fits, indent=2, default=_plain))
     client.log_dict(parent_run_id, fits, FIT_ARTIFACT)
     client.log_dict(parent_run_id, {"rows": rows}, ROWS_ARTIFACT)
     return fits

@@ -1,0 +1,197 @@
+"""Run a scaling study: every cell trained on Ray, evaluated, logged and registered in MLflow.
+
+One parent run per study, one child run per cell (only this driver logs: the training workers log
+their per-step metrics into the cell's run from rank 0). A cell that fails is recorded as FAILED and
+the others go on; re-running the study skips every cell that already FINISHED with the same resolved
+config, so an interrupted study is resumed by running the same command again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from magdi_dist.study.config import Axis, StudyConfig
+
+log = logging.getLogger("magdi_dist.study")
+
+
+@dataclass
+class CellResult:
+    cell: str
+    size: str
+    variant: str
+    status: str  # finished | skipped | failed
+    run_id: str | None = None
+    params: float | None = None
+    flops: float | None = None
+    eval_loss: float | None = None
+    accuracy: float | None = None
+    accuracy_ci: list[float] | None = None
+    wall_time_s: float | None = None
+    export_dir: str | None = None
+    model_version: str | None = None
+    error: str | None = None
+    metrics: dict = field(default_factory=dict)
+
+
+def _sha256(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def _param_count(export_dir: Path) -> int:
+    """Parameters of the exported student (LM + graph encoder), read from the safetensors headers
+    (tied embeddings are stored once, so they count once)."""
+    from safetensors import safe_open
+
+    total = 0
+    for name in ("model.safetensors", "graph_encoder.safetensors"):
+        path = export_dir / name
+        if path.is_file():
+            with safe_open(str(path), "pt") as f:
+                for key in f.keys():  # noqa: SIM118 -- safe_open is not a mapping
+                    total += math.prod(f.get_slice(key).get_shape())
+    return total
+
+
+def _train_summary(output_dir: Path) -> dict:
+    """Final eval loss and total training FLOPs from the run's own metrics.jsonl."""
+    from magdi_dist.train.metrics import read_metrics
+
+    path = output_dir / "metrics.jsonl"
+    records = read_metrics(path) if path.is_file() else []
+    evals = [r for r in records if "eval_loss" in r]
+    steps = [r for r in records if "loss" in r and "eval_loss" not in r]
+    return {
+        "eval_loss": evals[-1]["eval_loss"] if evals else None,
+        "train_flops": sum(r.get("flops", 0.0) for r in steps) or None,
+        "final_train_loss": steps[-1]["loss"] if steps else None,
+        "tokens_per_s": (sum(r["tokens"] for r in steps) / sum(r["step_time_s"] for r in steps)) if steps else None,
+        "mfu": (sum(r["mfu"] for r in steps) / len(steps)) if steps else None,
+    }
+
+
+def heldout_data(study: StudyConfig) -> str:
+    """The evaluation questions: the configured file, or held-out SYNTHETIC problems (a seed the
+    training stream never uses), written once under the study's output directory."""
+    if study.evaluation.data:
+        return study.evaluation.data
+    from magdi_dist.mag.readers import write_mags_jsonl
+    from magdi_dist.mag.synth import synth_mags
+
+    e = study.evaluation
+    path = Path(study.output_dir) / f"heldout-synthetic-n{e.synthetic_n}-s{e.synthetic_seed}.jsonl"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_mags_jsonl(synth_mags(e.synthetic_n, seed=e.synthetic_seed), path)
+    return str(path)
+
+
+def _run_cell(study: StudyConfig, size: Axis, variant: Axis, ctx: dict) -> CellResult:
+    from magdi_dist.eval.runner import EvalConfig, evaluate
+    from magdi_dist.launch.trainer import train_on_ray
+    from magdi_dist.track import cell_run, find_cell_run, log_cell_result
+    from magdi_dist.track.registry import log_student
+
+    name = f"{size.name}-{variant.name}"
+    cfg = study.cell_config(size, variant)
+    resolved = cfg.model_dump(mode="json")
+    uri, parent = ctx["uri"], ctx["parent"]
+    result = CellResult(cell=name, size=size.name, variant=variant.name, status="finished")
+    done = find_cell_run(study.experiment, study.name, name, tracking_uri=uri, config=resolved)
+    if done is not None:
+        m = done.data.metrics
+        log.info("study %s: cell %s already finished (run %s): skipped", study.name, name, done.info.run_id)
+        return CellResult(cell=name, size=size.name, variant=variant.name, status="skipped",
+                          run_id=done.info.run_id, params=m.get("param_count"), flops=m.get("train_flops"),
+                          eval_loss=m.get("eval_loss"), accuracy=m.get("eval_accuracy"),
+                          wall_time_s=m.get("wall_time_s"), metrics=dict(m))
+    out = Path(cfg.train.output_dir)
+    started = time.perf_counter()
+    with cell_run(uri, parent, study.name, name, resolved, rank=0,
+                  tags={"magdi.size": size.name, "magdi.variant": variant.name}) as run_id:
+        result.run_id = run_id
+        summary = train_on_ray(cfg, num_workers=study.num_workers, cpus_per_worker=study.cpus_per_worker,
+                               max_failures=study.max_failures, address=study.ray_address,
+                               tracking={"uri": uri, "run_id": run_id})
+        export_dir = Path(summary["export_dir"])
+        e = study.evaluation
+        ev = evaluate(EvalConfig(model=str(export_dir), data=ctx["heldout"], limit=e.limit, k=e.k,
+                                 temperature=e.temperature, max_new_tokens=e.max_new_tokens, seed=cfg.train.seed,
+                                 batch_size=e.batch_size, out=str(out / "eval"), progress=False,
+                                 mlflow_run_id=run_id, tracking_uri=uri))
+        train = _train_summary(out)
+        result.wall_time_s = time.perf_counter() - started
+        result.params = float(_param_count(export_dir))
+        result.flops = train["train_flops"]
+        result.eval_loss = train["eval_loss"]
+        result.accuracy = ev["accuracy"]
+        result.accuracy_ci = [ev["ci95_low"], ev["ci95_high"]]
+        result.export_dir = str(export_dir)
+        metrics = {"eval_accuracy": ev["accuracy"], **{k: v for k, v in train.items() if v is not None and
+                                                        k != "train_flops"}}
+        result.metrics = metrics
+        data_hash = _sha256(out / "shards" / "manifest.json")
+        log_cell_result(uri, run_id, rank=0, eval_metrics=metrics, param_count=int(result.params),
+                        train_flops=result.flops, wall_time_s=result.wall_time_s, data_hash=data_hash,
+                        checkpoint_dir=summary.get("checkpoint"))
+        mv = log_student(export_dir, tracking_uri=uri, run_id=run_id, model_name=study.model_name,
+                         study=study.name, cell=name, rank=0, data_hash=data_hash, metrics=metrics,
+                         primary_metric=study.champion_metric, checkpoint_dir=summary.get("checkpoint"),
+                         max_new_tokens=e.max_new_tokens)
+        result.model_version = str(mv.version) if mv is not None else None
+    return result
+
+
+def run_study(study: StudyConfig) -> dict:
+    """Train, evaluate and register every cell; fit and plot the curve; crown the champion."""
+    from magdi_dist.track import ensure_experiment, finish_run, log_study_summary, resolve_tracking_uri, start_study_run
+    from magdi_dist.track.registry import set_champion
+
+    out = Path(study.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    uri = resolve_tracking_uri(out, study.tracking_uri)
+    experiment_id = ensure_experiment(uri, study.experiment)
+    parent = start_study_run(uri, experiment_id, study.name, study.model_dump(mode="json"), rank=0)
+    ctx = {"uri": uri, "parent": parent, "heldout": heldout_data(study)}
+
+    def attempt(cell: tuple[str, Axis, Axis]) -> CellResult:
+        name, size, variant = cell
+        try:
+            return _run_cell(study, size, variant, ctx)
+        except Exception as err:  # a failed cell is recorded; the study goes on
+            log.exception("study %s: cell %s failed", study.name, name)
+            return CellResult(cell=name, size=size.name, variant=variant.name, status="failed",
+                              error=f"{type(err).__name__}: {err}")
+
+    from magdi_dist.preprocess.session import ray_session
+
+    # One Ray for the whole study (each cell's launcher reuses it): starting Ray costs more than a
+    # tiny cell's training, and concurrent cells must share one cluster's resources.
+    need = int(study.num_workers * study.cpus_per_worker * study.concurrency) + 1
+    with ray_session(study.ray_address, num_cpus=max(os.cpu_count() or 1, need)), \
+            ThreadPoolExecutor(max_workers=study.concurrency) as pool:
+        results = list(pool.map(attempt, study.cells()))
+    rows = [{"cell": r.cell, "variant": r.variant, "params": r.params, "flops": r.flops,
+             "eval_loss": r.eval_loss, "accuracy": r.accuracy} for r in results if r.status != "failed"]
+    curve = log_study_summary(parent, rows, tracking_uri=uri, rank=0, title=f"{study.name}: MAGDi students",
+                              keep_dir=out) if rows else None
+    champion = None
+    if any(r.status != "failed" for r in results):
+        mv = set_champion(study.model_name, study.champion_metric, mode=study.champion_mode, tracking_uri=uri)
+        champion = {"name": study.model_name, "version": str(mv.version), "alias": "champion",
+                    "uri": f"models:/{study.model_name}@champion"}
+    status = "FINISHED" if all(r.status != "failed" for r in results) else "FAILED"
+    finish_run(uri, parent, rank=0, status=status)
+    summary = {"study": study.name, "tracking_uri": uri, "parent_run_id": parent, "status": status,
+               "cells": [asdict(r) for r in results], "champion": champion, "curve": curve,
+               "plot": str(out / "scaling_curve.png") if rows else None}
+    (out / "study_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary

@@ -1,0 +1,118 @@
+"""Scaling studies end to end: the demo's CI variant (two tiny students, Ray + DeepSpeed ZeRO-2 on 2
+CPU ranks) against a real sqlite MLflow store through the CLI, and the same study against a real
+``mlflow server`` on 127.0.0.1; plus the study config's refusals, which happen before anything runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow_server import mlflow_globals_restored, running_mlflow_server
+
+from magdi_dist.config import ConfigError
+from magdi_dist.study.config import load_study
+from magdi_dist.study.demo import write_demo_study
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _study_file(tmp_path: Path, **changes) -> Path:
+    path = write_demo_study(tmp_path / "study", quick=True)
+    tree = yaml.safe_load(path.read_text())
+    tree.update(changes)
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"sizez": []}, "sizez"),
+        ({"sizes": []}, "sizes"),
+        ({"sizes": [{"name": "a", "overrides": {"model.base": "tiny-1m"}}] * 2}, "duplicate"),
+        ({"champion_metric": "eval_loss", "champion_mode": "max"}, "champion_mode: min"),
+        ({"sizes": [{"name": "a", "overrides": {"train.lr": -1}}]}, "train.lr"),
+        ({"sizes": [{"name": "a", "overrides": {"train.nonsense": 1}}]}, "nonsense"),
+        ({"base_config": "missing.yaml"}, "base_config"),
+    ],
+)
+def test_bad_study_configs_fail_before_anything_runs(tmp_path, changes, message):
+    path = _study_file(tmp_path, **changes)
+    with pytest.raises(ConfigError, match=message):
+        load_study(path)
+    assert not (tmp_path / "study" / "cells").exists()
+
+
+def test_cells_share_data_and_differ_only_by_their_axes(tmp_path):
+    study = load_study(_study_file(tmp_path, variants=[{"name": "magdi"}, {"name": "ntp", "overrides": {
+        "model.margin_weight": 0.0, "model.node_weight": 0.0}}]))
+    configs = {name: study.cell_config(s, v) for name, s, v in study.cells()}
+    assert sorted(configs) == ["1m-magdi", "1m-ntp", "5m-magdi", "5m-ntp"]
+    assert configs["1m-ntp"].model.node_weight == 0.0 and configs["1m-magdi"].model.node_weight == 1.0
+    assert configs["5m-magdi"].model.base == "tiny-5m"
+    assert len({c.data.model_dump_json() for c in configs.values()}) == 1
+    assert len({c.train.output_dir for c in configs.values()}) == 4
+
+
+def _check_study(summary: dict, expect_cells: list[str], tracking_uri: str, status: str) -> None:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    assert summary["status"] == "FINISHED"
+    assert [c["cell"] for c in summary["cells"]] == expect_cells
+    assert {c["status"] for c in summary["cells"]} == {status}
+    cells = summary["cells"]
+    assert cells[0]["params"] < cells[1]["params"]
+    for c in cells:
+        assert 0.0 <= c["accuracy"] <= 1.0 and c["eval_loss"] > 0 and c["flops"] > 0
+    client = MlflowClient(tracking_uri)
+    parent = client.get_run(summary["parent_run_id"])
+    children = client.search_runs([parent.info.experiment_id],
+                                  f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert sorted(r.data.tags["magdi.cell"] for r in children) == expect_cells  # one run per cell, not per rank
+    for run in children:
+        assert run.info.status == "FINISHED"
+        history = client.get_metric_history(run.info.run_id, "loss")
+        assert len(history) >= 2, "rank 0 logs per-step metrics from inside the Ray Train worker"
+        assert run.data.metrics["param_count"] > 0 and "eval_accuracy" in run.data.metrics
+        assert run.data.tags["magdi.data_hash"] and run.data.tags["magdi.checkpoint"]
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"scaling_curve.png", "scaling_fit.json"} <= artifacts
+    mlflow.set_tracking_uri(tracking_uri)
+    answer = mlflow.pyfunc.load_model(summary["champion"]["uri"]).predict(["Ava has 3 pens. Ava gets 4 more. "
+                                                                          "How many pens does Ava have now?"])
+    assert isinstance(answer, list) and len(answer) == 1 and isinstance(answer[0], str)
+
+
+def test_demo_quick_through_the_cli_then_rerun_skips(tmp_path):
+    out = tmp_path / "demo"
+    cmd = [sys.executable, "-m", "magdi_dist.cli", "demo", "--quick", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "champion models:/magdi-demo-student@champion" in proc.stdout
+    assert "mlflow ui --backend-store-uri sqlite:" in proc.stdout
+    summary = json.loads((out / "study_summary.json").read_text())
+    assert Path(summary["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with mlflow_globals_restored():
+        _check_study(summary, ["1m-magdi", "5m-magdi"], summary["tracking_uri"], "finished")
+
+    again = subprocess.run([sys.executable, "-m", "magdi_dist.cli", "study", "--config",
+                            str(out / "demo_study.yaml"), "--json"], cwd=ROOT, capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0, again.stderr[-4000:]
+    rerun = json.loads(again.stdout.strip().splitlines()[-1])
+    assert [c["status"] for c in rerun["cells"]] == ["skipped", "skipped"]
+    assert rerun["parent_run_id"] == summary["parent_run_id"]
+
+
+def test_study_against_an_mlflow_server(tmp_path):
+    from magdi_dist.study.runner import run_study
+
+    with running_mlflow_server(tmp_path / "server") as url, mlflow_globals_restored():
+        study = load_study(_study_file(tmp_path, tracking_uri=url, name="server-study"))
+        summary = run_study(study)
+        _check_study(summary, ["1m-magdi", "5m-magdi"], url, "finished")
