@@ -22,6 +22,9 @@ DS_PRESET_DIR = Path(__file__).resolve().parent.parent / "ds_configs"
 DS_PRESETS = ("zero0", "zero1", "zero2", "zero3", "zero3_offload")
 
 
+from magdi_dist.preprocess.settings import PreprocessConfig  # noqa: E402 -- pydantic only
+
+
 class ConfigError(ValueError):
     """A config that cannot run; the message names the offending key(s)."""
 
@@ -178,6 +181,8 @@ class MAGDiConfig(_Section):
     """Training data."""
     train: TrainConfig = Field(default_factory=TrainConfig)
     """Optimisation, DeepSpeed, logging and checkpointing."""
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    """How teacher files become Parquet shards (Ray Data): inputs, shard size, feature actors."""
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -185,6 +190,7 @@ class MAGDiConfig(_Section):
 
 # Keys that never change the trained weights: a resume may change them freely.
 _HASH_EXCLUDE = {
+    "preprocess": {"concurrency", "batch_size", "actor_num_cpus", "num_gpus", "out_dir", "strict"},
     "train": {"stop_after", "log_every", "eval_every", "eval_max_batches", "save_every", "keep_last_k",
               "output_dir", "export", "peak_flops", "progress"},
 }

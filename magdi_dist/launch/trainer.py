@@ -103,9 +103,9 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any]:
           f"{previous.path if previous else None})", flush=True)
     data = train_data_from_shards(cfg, config["manifest"])
     with reporting_checkpoints(resumed):
-        # A restart after a failure always resumes, whatever the first attempt was told.
         logger = _mlflow_callback(config.get("tracking"), ctx.get_world_rank())
         try:
+            # A restart after a failure always resumes, whatever the first attempt was told.
             result = train(cfg, resume=config["resume"] or previous is not None, data=data,
                            metrics_callback=logger)
         finally:
