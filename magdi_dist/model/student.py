@@ -104,9 +104,16 @@ class MAGDiStudent(nn.Module):
         pair_mask = batch["pair_mask"].to(input_ids.device)
 
         # One pass for positives (rows :B) and negatives (rows B:); logits for positives only.
-        hidden, pos_logits = lm_forward(self.lm, input_ids, attention_mask, head_rows=B)
+        keep = self._lm_rows(batch, pair_mask, B)
+        if keep is None:
+            hidden, pos_logits = lm_forward(self.lm, input_ids, attention_mask, head_rows=B)
+            pooled = pool_hidden(hidden, attention_mask, cfg.pooling)
+        else:
+            hidden, pos_logits = lm_forward(self.lm, input_ids[keep], attention_mask[keep], head_rows=B)
+            kept = pool_hidden(hidden, attention_mask[keep], cfg.pooling)
+            # Back to one row per batch row; a skipped placeholder gets a zero embedding no loss reads.
+            pooled = kept.new_zeros((input_ids.shape[0], kept.shape[1])).index_copy(0, keep, kept)
         ntp, n_targets = ntp_loss(pos_logits, labels[:B])
-        pooled = pool_hidden(hidden, attention_mask, cfg.pooling)
         scores = self.score(pooled)
         margin = margin_ranking_loss(scores[:B], scores[B:], pair_mask, cfg.margin)
 
@@ -133,6 +140,23 @@ class MAGDiStudent(nn.Module):
             "num_pairs_with_negative": (pair_mask > 0).sum().detach(),
             "num_nodes": torch.tensor(graph.num_nodes, device=input_ids.device),
         }
+
+    def _lm_rows(self, batch: dict, pair_mask: torch.Tensor, B: int) -> torch.Tensor | None:
+        """Indices of the batch rows the LM has to run, None for all of them.
+
+        A pair without a negative carries a one-token placeholder row (data/collate.py) that no loss
+        reads: its margin term is masked by pair_mask and live features skip it (neg_node -1). Running
+        it still costs a full padded row of decoder forward + backward, and on real debate data most
+        pairs have no negative (GSM8K debates: 80%, so 40% of all rows; benchmarks/padding.py), so
+        those rows are left out of the LM pass. The losses are unchanged.
+        """
+        needed = pair_mask > 0
+        if self.cfg.graph_features == "live":  # every node that gets a live feature needs its row
+            needed = needed | (batch["neg_node"].to(pair_mask.device) >= 0)
+        if bool(needed.all()):
+            return None
+        pos = torch.arange(B, device=pair_mask.device)
+        return torch.cat([pos, B + needed.nonzero().squeeze(1)])
 
     def _live_features(self, x: torch.Tensor, pooled: torch.Tensor, batch: dict, B: int) -> torch.Tensor:
         """x with the rows of this batch's chain nodes replaced by their (differentiable) embeddings."""
