@@ -40,7 +40,6 @@ def test_quick_run_writes_every_figure(tmp_path):
         assert isinstance(fig["value"], int | float) and fig["goal"], name
     rows = {r["figure"]: r for r in summary["table"]}
     assert set(rows) == set(FIGURES)
-    assert rows["step_overhead"]["before"] is not None  # the legacy path ran side by side
     zero = json.loads((results / "zero_memory.json").read_text())
     assert [s["stage"] for s in zero["stages"]] == [0, 1, 2, 3]
     assert zero["stages"][3]["per_rank_bytes"][0]["params"] < zero["stages"][0]["per_rank_bytes"][0]["params"]
