@@ -68,7 +68,7 @@ def test_config_hash_is_stable_and_ignores_run_only_keys():
 def test_presets_fill_every_auto(preset):
     cfg = load_config(TINY, [f"train.deepspeed={preset}", "train.precision=bf16", "train.grad_accum=3",
                              "train.weight_decay=0.1"])
-    ds = fill_auto(load_preset(preset), cfg.train, world_size=2)
+    ds = fill_auto(load_preset(preset), cfg.train, world_size=2, hidden_size=128)
     assert "auto" not in json.dumps(ds)
     assert ds["train_batch_size"] == cfg.train.micro_batch_size * 3 * 2
     assert ds["bf16"]["enabled"] is True and ds["gradient_clipping"] == cfg.train.grad_clip
@@ -86,9 +86,9 @@ def test_zero_stage_override_and_unfillable_auto(tmp_path):
     ds, _ = build_ds_config(cfg, 1, "cpu")
     assert ds["zero_optimization"]["stage"] == 2 and "offload_param" not in ds["zero_optimization"]
     custom = tmp_path / "ds.json"
-    custom.write_text(json.dumps({"zero_optimization": {"stage": 1, "reduce_bucket_size": "auto"}}))
+    custom.write_text(json.dumps({"zero_optimization": {"stage": 1, "allgather_bucket_size": "auto"}}))
     cfg = load_config(TINY, [f"train.deepspeed={custom}"])
-    with pytest.raises(ValueError, match="zero_optimization.reduce_bucket_size"):
+    with pytest.raises(ValueError, match="zero_optimization.allgather_bucket_size"):
         build_ds_config(cfg, 1, "cpu")
 
 
@@ -98,3 +98,16 @@ def test_keys_lists_every_field_with_its_docstring():
     assert "train.lr = 0.001\n    Peak learning rate (after warmup)." in result.output
     for key in ("model.lora.r", "data.synthetic.n", "train.zero_stage", "train.keep_last_k"):
         assert f"\n{key} = " in result.output, key
+
+
+def test_zero3_buckets_follow_the_model_hidden_size():
+    """ZeRO-3's buckets are "auto" and sized from the model (hidden^2, as the HF integration does),
+    not a fixed 5e7 elements that ZeRO-3 allocates up front whatever the model."""
+    cfg = load_config(TINY, ["train.deepspeed=zero3"])
+    zero = fill_auto(load_preset("zero3"), cfg.train, world_size=2, hidden_size=4096)["zero_optimization"]
+    assert zero["reduce_bucket_size"] == 4096 * 4096
+    assert zero["stage3_prefetch_bucket_size"] == int(0.9 * 4096 * 4096)
+    assert zero["stage3_param_persistence_threshold"] == 40960
+    # Validating a config before a model exists leaves them for initialize() to fill.
+    ds, _ = build_ds_config(cfg, 2, "cpu")
+    assert ds["zero_optimization"]["reduce_bucket_size"] == "auto"

@@ -118,6 +118,10 @@ def _run_ray(units, settings, spec, device) -> Iterable[dict]:
     gpus = settings.num_gpus if settings.num_gpus is not None else (1 if device == "cuda" else 0)
     ds = ray.data.from_items(units, override_num_blocks=len(units))  # one block per input file
     ds = ds.flat_map(parse_unit, fn_kwargs={"settings": s})
+    # A file's shards leave parse_unit as one block, and an actor takes a whole block: without this a
+    # single big teacher file would be featurised by one actor while the others idle. Streaming
+    # repartition gives every actor call its own block of ``batch_size`` shards.
+    ds = ds.repartition(target_num_rows_per_block=settings.batch_size)
     ds = ds.map_batches(
         ShardBuilder,
         fn_constructor_kwargs={"spec": spec.model_dump(), "settings": s, "device": device},

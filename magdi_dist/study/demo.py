@@ -16,12 +16,20 @@ from magdi_dist.study.config import StudyConfig, load_study
 
 # The shared training config of every demo cell (ZeRO-2, 2 ranks, synthetic data). Sizes differ
 # only in ``model.base``; everything else, data and tokenizer included, is the same for all cells.
+#
+# The budget, measured on an idle 2-core machine (README, "The demo"): each cell's frozen node
+# features are a forward pass of that cell's own base student over every node text, so the feature
+# pass costs as much as a fraction of an epoch of training (257 s for tiny-20m over 600 MAGs with one
+# actor); 300 MAGs in 4 shards feed 2 feature actors. Training costs 0.4 / 1.2 / 2.5 s per step for
+# tiny-1m / 5m / 20m on 2 ranks, so all three sizes get the same 100 steps (1600 pairs, 0.8 epoch):
+# the same data and token budget for every size, as a scaling study needs.
 DEMO_TRAIN = {
     "model": {"base": "tiny-1m", "gcn_hidden": 64},
-    "data": {"synthetic": {"n": 600, "agents": 3, "rounds": 3, "seed": 0}, "max_len": 96, "vocab_size": 512,
+    "data": {"synthetic": {"n": 300, "agents": 3, "rounds": 3, "seed": 0}, "max_len": 96, "vocab_size": 512,
              "eval_fraction": 0.1},
-    "train": {"max_steps": 150, "micro_batch_size": 8, "lr": 3.0e-3, "warmup_steps": 10, "schedule": "cosine",
-              "deepspeed": "zero2", "eval_every": 50, "save_every": 50, "keep_last_k": 1, "progress": False},
+    "train": {"max_steps": 100, "micro_batch_size": 8, "lr": 3.0e-3, "warmup_steps": 10, "schedule": "cosine",
+              "deepspeed": "zero2", "eval_every": 100, "save_every": 50, "keep_last_k": 1, "progress": False},
+    "preprocess": {"records_per_shard": 75, "concurrency": 2},
 }
 DEMO_SIZES = [("1m", "tiny-1m"), ("5m", "tiny-5m"), ("20m", "tiny-20m")]
 

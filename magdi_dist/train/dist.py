@@ -68,6 +68,25 @@ class DistInfo:
         return torch.device(f"cuda:{self.local_rank}" if self.accelerator == "cuda" else "cpu")
 
 
+def skip_shm_comm_build() -> None:
+    """Stop DeepSpeed's CPU backend from JIT-compiling its shared-memory all-reduce op.
+
+    ``deepspeed.comm`` builds ``deepspeed_shm_comm`` (C++, ninja) inside ``init_distributed`` on the
+    CPU accelerator, but only ``inference_all_reduce`` (tensor-parallel inference kernels) ever calls
+    it; training all-reduces go through torch.distributed (gloo) whatever happens here. The build
+    costs 40-200 s on a 2-core machine in every fresh environment, blocks every rank on a lock file
+    (left behind, it hangs the next run), and the shared ``~/.cache/torch_extensions`` copy is rebuilt
+    whenever another virtual environment built it last. DeepSpeed checks this table before building
+    and falls back to torch.distributed when the op is marked incompatible, exactly as on non-Linux
+    platforms; ``MAGDI_DS_SHM_COMM=1`` keeps the build for anyone who runs DeepSpeed inference here.
+    """
+    if os.environ.get("MAGDI_DS_SHM_COMM") == "1":
+        return
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def init_distributed() -> DistInfo:
     """Initialise torch.distributed through DeepSpeed (gloo on CPU, nccl on GPU); idempotent.
 
@@ -85,6 +104,8 @@ def init_distributed() -> DistInfo:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
     if accelerator == "cuda":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    else:
+        skip_shm_comm_build()
     if not dist.is_initialized():
         # auto_mpi_discovery off: the env vars are always set (above), and mpi4py probing only costs.
         deepspeed.init_distributed(

@@ -32,6 +32,22 @@ def load_preset(name_or_path: str) -> dict:
     return json.loads(path.read_text())
 
 
+# ZeRO-3 sizes taken from the model, with the Hugging Face integration's "auto" rules. A fixed 5e7-
+# element reduce bucket is sized for billion-parameter models: ZeRO-3 allocates it up front, 190.8 MiB
+# per rank for tiny-20m, 60% of that model's whole ZeRO-0 state (docs/benchmarks.md). Bucket sizes
+# only group elementwise reductions, so they change memory and message sizes, never the numbers.
+MODEL_AUTO_KEYS = ("zero_optimization.reduce_bucket_size", "zero_optimization.stage3_prefetch_bucket_size",
+                   "zero_optimization.stage3_param_persistence_threshold")
+
+
+def model_auto_values(hidden_size: int) -> dict[str, int]:
+    return {
+        "zero_optimization.reduce_bucket_size": hidden_size * hidden_size,
+        "zero_optimization.stage3_prefetch_bucket_size": int(0.9 * hidden_size * hidden_size),
+        "zero_optimization.stage3_param_persistence_threshold": 10 * hidden_size,
+    }
+
+
 def _auto_values(train: TrainConfig) -> dict[str, Any]:
     """The value of each fillable "auto" key, by its dotted path in the DeepSpeed config."""
     return {
@@ -47,14 +63,15 @@ def _auto_values(train: TrainConfig) -> dict[str, Any]:
     }
 
 
-def fill_auto(preset: dict, train: TrainConfig, world_size: int) -> dict:
+def fill_auto(preset: dict, train: TrainConfig, world_size: int, hidden_size: int | None = None) -> dict:
     """A copy of ``preset`` with every "auto" replaced and our settings enforced.
 
     Our config is the single source of truth: a preset that hard-codes a batch size or precision
     different from TrainConfig is overridden (otherwise the schedule, data position and logged batch
-    would disagree with what DeepSpeed does).
+    would disagree with what DeepSpeed does). The ``MODEL_AUTO_KEYS`` need the model's hidden size;
+    without it (validating a config before any model exists) they stay "auto".
     """
-    values = _auto_values(train)
+    values = _auto_values(train) | (model_auto_values(hidden_size) if hidden_size else {})
     out = copy.deepcopy(preset)
 
     def walk(node: dict, prefix: str) -> None:
@@ -63,6 +80,8 @@ def fill_auto(preset: dict, train: TrainConfig, world_size: int) -> dict:
             if isinstance(val, dict):
                 walk(val, path + ".")
             elif val == "auto":
+                if path in MODEL_AUTO_KEYS and hidden_size is None:
+                    continue
                 if path not in values:
                     raise ValueError(f"DeepSpeed config: no value for \"auto\" at {path}")
                 node[key] = values[path]
@@ -135,9 +154,10 @@ def build_scheduler(train: TrainConfig, total_steps: int):
     return make
 
 
-def build_ds_config(cfg: MAGDiConfig, world_size: int, accelerator: str) -> tuple[dict, str]:
+def build_ds_config(cfg: MAGDiConfig, world_size: int, accelerator: str,
+                    hidden_size: int | None = None) -> tuple[dict, str]:
     """(DeepSpeed config dict, optimizer choice actually used)."""
-    ds_config = fill_auto(load_preset(cfg.train.deepspeed), cfg.train, world_size)
+    ds_config = fill_auto(load_preset(cfg.train.deepspeed), cfg.train, world_size, hidden_size)
     choice = resolve_optimizer_choice(cfg.train.optimizer, accelerator)
     if choice == "torch_adamw":
         ds_config.pop("optimizer", None)
@@ -150,12 +170,21 @@ def build_ds_config(cfg: MAGDiConfig, world_size: int, accelerator: str) -> tupl
     return ds_config, choice
 
 
+def _hidden_size(model: torch.nn.Module) -> int | None:
+    """The LM's hidden size: MAGDiStudent exposes it, a bare transformers model has it in its config."""
+    hidden = getattr(model, "hidden_size", None) or getattr(getattr(model, "config", None), "hidden_size", None)
+    return int(hidden) if hidden else None
+
+
 def initialize(model: torch.nn.Module, cfg: MAGDiConfig, world_size: int, accelerator: str,
                total_steps: int):
     """(engine, ds_config). ``model`` is built on the host; DeepSpeed moves and partitions it."""
     import deepspeed
 
-    ds_config, choice = build_ds_config(cfg, world_size, accelerator)
+    ds_config, choice = build_ds_config(cfg, world_size, accelerator, hidden_size=_hidden_size(model))
+    zero = ds_config.get("zero_optimization", {})
+    for key in [k for k, v in zero.items() if v == "auto"]:
+        del zero[key]  # a model without a known hidden size: DeepSpeed's own default applies
     train = cfg.train
     optimizer = None
     groups = param_groups(model, train.weight_decay)

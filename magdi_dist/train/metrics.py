@@ -23,21 +23,30 @@ SUMMED = ("loss", "ntp_loss", "margin_loss", "node_loss", "num_tokens", "num_nod
 
 def measure_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 1024,
                        repeats: int = 5) -> float:
-    """Best-of-``repeats`` FLOP/s of an n x n matmul on this rank (a practical peak, not a spec)."""
+    """Best-of-``repeats`` FLOP/s of an n x n matmul on this rank (a practical peak, not a spec).
+
+    On CPU the matmul is timed on the process CPU clock, per intra-op thread: on a shared machine the
+    wall clock also counts other tenants' time slices, and the peak it gives is too low (at load
+    average ~10 on 2 cores, 37-42 GFLOP/s where the CPU clock gives 78-88, docs/benchmarks.md), which
+    would make the logged MFU up to 2x too high. On GPU the wall clock between synchronisations is
+    the right one."""
     gen = torch.Generator().manual_seed(0)  # a private generator: never shifts the training RNG
     a = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
     b = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
     torch.matmul(a, b)  # warm-up: thread pool, kernels
+    on_cpu = device.type == "cpu"
+    clock = time.process_time if on_cpu else time.perf_counter
+    threads = torch.get_num_threads() if on_cpu else 1
     best = float("inf")
     for _ in range(repeats):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
+        t0 = clock()
         torch.matmul(a, b)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        best = min(best, time.perf_counter() - t0)
-    return 2.0 * n**3 / best
+        best = min(best, (clock() - t0) / threads)
+    return 2.0 * n**3 / max(best, 1e-9)
 
 
 class StepAccumulator:
