@@ -10,9 +10,10 @@ one intra-op thread per process, CPU time is the work the code needs, while wall
 the time the scheduler gave our core to other tenants: in the first full run (load average 5-10 on
 2 cores) back-to-back wall-clock ratios of *identical* code ranged 0.5-2.4. Ratios are reported on
 both clocks; the goals are checked on CPU time, and the JSON keeps the wall-clock ones next to them.
-Even CPU time varies by +-15% under that load (cache and memory-bandwidth contention), always
-upwards, so ratios use the fastest sample of each variant (``paired_ratio``) and the step benchmark
-carries an A/A control (two identical engines) that shows the noise floor of the run.
+Even CPU time varies by +-15% under that load (cache and memory-bandwidth contention, and it drifts
+as other jobs start and stop), so a ratio is the median of per-repetition ratios of back-to-back
+samples (``paired_ratio``), and the step benchmark carries an A/A control (two identical engines)
+that shows the noise floor of the run.
 """
 
 from __future__ import annotations
@@ -148,14 +149,29 @@ def synthetic_rows(tok, hidden: int, n_mags: int = 64, max_len: int = 128, seed:
     return rows_from_mags(mags, tok, RowConfig(max_length=max_len), zero_features(hidden))
 
 
-def sampled_batches(rows: list[dict], micro: int, count: int, seed: int = 0) -> list[list[dict]]:
-    """``count`` micro-batches as the training sampler draws them (length-grouped, shuffled)."""
+def sampled_batches(rows: list[dict], micro: int, count: int, seed: int = 0,
+                    representative: bool = False) -> list[list[dict]]:
+    """``count`` micro-batches as the training sampler draws them (length-grouped, shuffled).
+
+    ``representative``: skip batches until each has the data set's average number of pairs without
+    a negative (round(micro x rate): 1 of 8 on the synthetic demo data). Those pairs' placeholder
+    rows are what the student skips, so with 1-2 batches per sample, a batch with none (a quarter of
+    them) would hide that cost and one with three would exaggerate it.
+    """
     from magdi_dist.train.sampler import LengthGroupedSampler
 
     lengths = [max(len(r["pos_input_ids"]), len(r["neg_input_ids"]) or 1) for r in rows]
     sampler = LengthGroupedSampler(lengths, micro, 1, 0, seed=seed)
     stream = sampler.iter_from(0)
-    return [[rows[i] for i in next(stream)[1]] for _ in range(count)]
+    want = round(micro * sum(not r["has_negative"] for r in rows) / len(rows))
+    out: list[list[dict]] = []
+    for _ in range(100 * count):
+        batch = [rows[i] for i in next(stream)[1]]
+        if not representative or sum(not r["has_negative"] for r in batch) == want:
+            out.append(batch)
+        if len(out) == count:
+            return out
+    raise ValueError(f"no {count} batches with {want} pairs without a negative in 100x as many draws")
 
 
 def make_config(base: str | dict, *, micro: int = 8, stage: int = 2, **model):
@@ -204,16 +220,19 @@ class Clock:
         self.wall, self.cpu = time.perf_counter() - self._w, time.process_time() - self._c
 
 
-def interleaved(variants: dict[str, Callable[[], object]], reps: int,
-                warmup: int = 1) -> dict[str, dict[str, list[float]]]:
+def interleaved(variants: dict[str, Callable[[], object]], reps: int, warmup: int = 1,
+                before_rep: Callable[[], object] | None = None) -> dict[str, dict[str, list[float]]]:
     """{variant: {"wall": [...], "cpu": [...]}} seconds per call: ``warmup`` untimed calls each, then
-    ``reps`` rounds in ABC..CBA alternating order (no variant always runs right after the same one)."""
+    ``reps`` rounds in ABC..CBA alternating order (no variant always runs right after the same one).
+    ``before_rep`` runs untimed at the start of each round (the MFU peak measurement)."""
     names = list(variants)
     for _ in range(warmup):
         for name in names:
             variants[name]()
     times: dict[str, dict[str, list[float]]] = {n: {"wall": [], "cpu": []} for n in names}
     for rep in range(reps):
+        if before_rep is not None:
+            before_rep()
         for name in names if rep % 2 == 0 else reversed(names):
             with Clock() as c:
                 variants[name]()
@@ -223,11 +242,11 @@ def interleaved(variants: dict[str, Callable[[], object]], reps: int,
 
 
 def paired_ratio(times: dict, num: str, den: str, clock: str = "cpu") -> dict:
-    """num/den. ``value`` (the figure): ratio of the two variants' *fastest* samples -- interference
-    from other processes only ever adds time, so the minimum is the least disturbed estimate of what
-    the code costs (the same reasoning as ``timeit``). Also the ratio of medians and the spread of the
-    per-repetition ratios (each pair measured back to back), to show how noisy the run was."""
+    """num/den. ``value`` (the figure): the median of the per-repetition ratios, each pair measured
+    back to back under the same load, so a drift in load during the run cancels (it does drift: one
+    quiet run's samples fell by a third as other jobs ended) and one disturbed sample cannot move
+    it much. Also the ratio of the fastest samples and of the medians, and the spread."""
     a, b = times[num][clock], times[den][clock]
     ratios = [x / y for x, y in zip(a, b, strict=True)]
-    return {"value": min(a) / min(b), "median_ratio": median(a) / median(b), "paired_min": min(ratios),
-            "paired_max": max(ratios), "n": len(ratios)}
+    return {"value": median(ratios), "min_ratio": min(a) / min(b), "median_ratio": median(a) / median(b),
+            "paired_min": min(ratios), "paired_max": max(ratios), "n": len(ratios)}

@@ -11,14 +11,16 @@ this is the compute cost; the ZeRO memory figure covers 2 ranks).
   negative rows. The one-token placeholder rows collate adds for pairs without a negative are not
   tokens of the data, so a plain LM would not see them.
 * ``legacy_*``: the student as it was before the benchmark-driven changes (benchmarks/legacy.py),
-  measured in the same run so the before/after is a side-by-side ratio too (tiny-1m only: at
-  tiny-20m a step costs 3 s, so its before/after comes from the MFU figure, which runs both).
+  measured in the same run so the before/after is a side-by-side ratio too (tiny-20m: frozen only,
+  a step costs 3 s there).
 * ``plain_aa``: a second, identical plain engine: plain_aa / plain should be 1.0, and how far it is
   from 1.0 is the noise floor of this run.
 
 Model settings: tiny-1m as configs/tiny.yaml trains it (gcn_hidden 64), tiny-20m with the
-StudentConfig defaults (the reference's GCN: hidden 512, 2 layers). The figure is the ratio of
-fastest CPU-time samples (benchmarks/common.py); wall-clock ratios are in ``ratio_wall``.
+StudentConfig defaults (the reference's GCN: hidden 512, 2 layers). The figure is the median of
+per-repetition CPU-time ratios (benchmarks/common.py); wall-clock ratios are in ``ratio_wall``. The same
+samples give the MFU figure (benchmarks/mfu.py): the tiny-20m frozen step is exactly its workload,
+so it is timed once, with the matmul peak measured between repetitions.
 """
 
 from __future__ import annotations
@@ -66,68 +68,97 @@ def plain_batch(batch: dict) -> dict:
     return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
 
 
-def _stepper(engine, batches: list[dict]):
-    def run() -> None:
-        for batch in batches:
-            out = engine(batch)
-            engine.backward(out["loss"])
-            engine.step()
-    return run
+class Stepper:
+    """One variant: ``batches`` through ``engine`` (forward, backward, step) per call. Also counts the
+    training FLOPs and real tokens of a call (model/flops.py, as the training loop counts them)."""
+
+    def __init__(self, engine, batches: list[dict], model: nn.Module):
+        self.engine, self.batches, self.model = engine, batches, model
+        self.flops = self.tokens = 0.0
+
+    def __call__(self) -> None:
+        from magdi_dist.model import flops_per_token, step_flops
+
+        flops = tokens = 0.0
+        for batch in self.batches:
+            out = self.engine(batch)
+            self.engine.backward(out["loss"])
+            self.engine.step()
+            if "num_tokens" in out:
+                n = int(out["num_tokens"])
+                flops += step_flops(self.model, n, int(out["num_nodes"]), batch["input_ids"].shape[1])
+            else:  # plain LM: every attended position of its batch is a real token
+                n = int(batch["attention_mask"].sum())
+                flops += flops_per_token(self.model, batch["input_ids"].shape[1]) * n
+            tokens += n
+        self.flops, self.tokens = flops, tokens
 
 
-def measure_preset(settings: Settings, base: str, with_legacy: bool) -> dict:
+_CACHE: dict[tuple, dict] = {}
+
+
+def measure_preset(settings: Settings, base: str, with_legacy: bool = True) -> dict:
+    """Time every variant of one preset (memoised per run: the MFU figure reads the tiny-20m one)."""
+    key = (base, settings.quick, with_legacy, str(settings.workdir))
+    if key not in _CACHE:
+        _CACHE[key] = _measure(settings, base, with_legacy)
+    return _CACHE[key]
+
+
+def _measure(settings: Settings, base: str, with_legacy: bool) -> dict:
+    from benchmarks.mfu import peak_flops
     from magdi_dist.data import collate
     from magdi_dist.model import MAGDiStudent, load_lm
 
     tok = tokenizer(settings)
     big = base == "tiny-20m"
-    n_batches = 1 if settings.quick else (1 if big else 2)  # 0.4-2.5 s of CPU work per sample
-    reps = 1 if settings.quick else (5 if big else settings.reps)
+    n_batches = 1 if settings.quick or big else 2  # 0.4-3 s of CPU work per sample
+    reps = 1 if settings.quick else (6 if big else settings.reps)
     model = {} if big else {"gcn_hidden": 64}  # configs/tiny.yaml for tiny-1m
     probe = make_config(base, **model)
     rows = synthetic_rows(tok, hidden_of(base), n_mags=16 if settings.quick else 48)
-    row_batches = sampled_batches(rows, probe.train.micro_batch_size, n_batches)
+    row_batches = sampled_batches(rows, probe.train.micro_batch_size, n_batches, representative=True)
     collated = [collate(rb, tok.pad_token_id) for rb in row_batches]
 
-    variants, engines = {}, {}
-    cfg = make_config(base, **model)
-    lm = load_lm(cfg.model.base, tokenizer=tok, seed=cfg.model.seed)
-    engines["plain"] = build_engine(PlainLM(lm), cfg)
-    variants["plain"] = _stepper(engines["plain"], [plain_batch(b) for b in collated])
-    engines["plain_aa"] = build_engine(PlainLM(load_lm(cfg.model.base, tokenizer=tok, seed=cfg.model.seed)), cfg)
-    variants["plain_aa"] = _stepper(engines["plain_aa"], [plain_batch(b) for b in collated])
-    kinds = [("frozen", False), ("live", False)]
-    if with_legacy and not big:
-        kinds += [("legacy_frozen", True), ("legacy_live", True)]
-    for name, legacy in kinds:
+    variants: dict[str, Stepper] = {}
+    for name in ("plain", "plain_aa"):
+        lm = load_lm(probe.model.base, tokenizer=tok, seed=probe.model.seed)
+        variants[name] = Stepper(build_engine(PlainLM(lm), probe), [plain_batch(b) for b in collated], lm)
+    kinds = ["frozen", "live"] + (["legacy_frozen"] + ([] if big else ["legacy_live"]) if with_legacy else [])
+    for name in kinds:
         mcfg = make_config(base, graph_features=name.removeprefix("legacy_"), **model)
-        if legacy:
+        if name.startswith("legacy_"):
             from benchmarks.legacy import LegacyStudent, legacy_collate
 
             student = LegacyStudent(mcfg.model, tokenizer=tok)
             batches = [legacy_collate(rb, tok.pad_token_id) for rb in row_batches]
         else:
             student, batches = MAGDiStudent(mcfg.model, tokenizer=tok), collated
-        engines[name] = build_engine(student, mcfg)
-        variants[name] = _stepper(engines[name], batches)
+        variants[name] = Stepper(build_engine(student, mcfg), batches, student)
 
-    times = interleaved(variants, reps=reps, warmup=1)
+    # The fp32 matmul peak, re-measured before each repetition, for MFU (benchmarks/mfu.py).
+    peaks: list[dict] = []
+    times = interleaved(variants, reps=reps, warmup=1,
+                        before_rep=lambda: peaks.append(peak_flops(torch.float32, 256 if settings.quick else 1024)))
     real_tokens = sum(int(plain_batch(b)["attention_mask"].sum()) for b in collated)
-    padded_tokens = sum(int(b["input_ids"].numel()) for b in collated)
     result = {
         "preset": base,
         "gcn_hidden": probe.model.gcn_hidden,
         "batches_per_sample": n_batches,
         "micro_batch_pairs": probe.train.micro_batch_size,
         "real_tokens_per_sample": real_tokens,
-        "magdi_padded_positions_per_sample": padded_tokens,
+        "magdi_padded_positions_per_sample": sum(int(b["input_ids"].numel()) for b in collated),
         "median_cpu_s": {k: median(v["cpu"]) for k, v in times.items()},
         "median_wall_s": {k: median(v["wall"]) for k, v in times.items()},
         "ratio": {k: paired_ratio(times, k, "plain") for k in variants if k != "plain"},
         "ratio_wall": {k: paired_ratio(times, k, "plain", "wall") for k in variants if k != "plain"},
         "samples_cpu_s": {k: v["cpu"] for k, v in times.items()},
+        "samples_wall_s": {k: v["wall"] for k, v in times.items()},
+        "flops_per_sample": {k: v.flops for k, v in variants.items()},
+        "tokens_per_sample": {k: v.tokens for k, v in variants.items()},
+        "peaks": peaks,
     }
-    del engines
+    del variants
     return result
 
 
@@ -142,5 +173,5 @@ def run(settings: Settings, with_legacy: bool = True) -> dict:
         "goal": f"<= {GOAL}",
         "value": worst,
         "met": worst <= GOAL,
-        "presets": per_preset,
+        "presets": [{k: v for k, v in r.items() if k != "peaks"} for r in per_preset],
     }

@@ -40,6 +40,9 @@ def test_quick_run_writes_every_figure(tmp_path):
         assert isinstance(fig["value"], int | float) and fig["goal"], name
     rows = {r["figure"]: r for r in summary["table"]}
     assert set(rows) == set(FIGURES)
+    # quick mode times tiny-1m only, with the pre-optimisation (legacy) student side by side
+    step_rows = [r for r in summary["table"] if r["figure"] == "step_overhead" and "tiny-1m" in r["label"]]
+    assert len(step_rows) == 1 and step_rows[0]["before"] is not None and step_rows[0]["after"] is not None
     zero = json.loads((results / "zero_memory.json").read_text())
     assert [s["stage"] for s in zero["stages"]] == [0, 1, 2, 3]
     assert zero["stages"][3]["per_rank_bytes"][0]["params"] < zero["stages"][0]["per_rank_bytes"][0]["params"]
