@@ -20,7 +20,7 @@ from magdi_dist.study.config import StudyConfig, load_study
 # The budget, measured on an idle 2-core machine (README, "The demo"): each cell's frozen node
 # features are a forward pass of that cell's own base student over every node text, so the feature
 # pass costs as much as a fraction of an epoch of training (257 s for tiny-20m over 600 MAGs with one
-# actor); 300 MAGs in 4 shards feed 2 feature actors. Training costs 0.4 / 1.2 / 2.5 s per step for
+# actor); 300 MAGs in 4 shards feed 2 feature actors. Training costs 0.26 / 0.88 / 2.5 s per step for
 # tiny-1m / 5m / 20m on 2 ranks, so all three sizes get the same 100 steps (1600 pairs, 0.8 epoch):
 # the same data and token budget for every size, as a scaling study needs.
 DEMO_TRAIN = {
