@@ -28,13 +28,9 @@ def preprocess(
 ) -> None:
     """Teacher transcripts -> graded MAGs -> pair rows with tokens and frozen node features -> Parquet
     shards + manifest.json (Ray Data). Re-runs only process new or changed inputs."""
-    from magdi_dist.config import ConfigError, load_config
+    from magdi_dist.config import load_config, or_exit
 
-    try:
-        cfg = load_config(config, list(overrides or []))
-    except ConfigError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
+    cfg = or_exit(load_config, config, list(overrides or []))
     from magdi_dist.launch.shards import ensure_shards
     from magdi_dist.preprocess.manifest import verify_manifest
 
@@ -226,16 +222,12 @@ def study(
     """Run a scaling study: train, evaluate and register every cell; log the curve; crown the champion."""
     import json
 
-    from magdi_dist.config import ConfigError
+    from magdi_dist.config import or_exit
     from magdi_dist.study.config import load_study
     from magdi_dist.study.report import format_summary, mlflow_ui_command
     from magdi_dist.study.runner import run_study
 
-    try:
-        spec = load_study(config, overrides or [])
-    except ConfigError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
+    spec = or_exit(load_study, config, overrides or [])
     summary = run_study(spec)
     if as_json:
         typer.echo(json.dumps(summary, default=str))

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -27,6 +29,20 @@ from magdi_dist.preprocess.settings import PreprocessConfig  # noqa: E402 -- pyd
 
 class ConfigError(ValueError):
     """A config that cannot run; the message names the offending key(s)."""
+
+
+_Loaded = TypeVar("_Loaded")
+
+
+def or_exit(load: Callable[..., _Loaded], *args: Any) -> _Loaded:
+    """``load(*args)`` at an entry point (a CLI command, a ray_jobs script, ``python -m
+    magdi_dist.train``): a ConfigError is printed (it names the key) and the process exits with code
+    2, before any rank or Ray worker starts."""
+    try:
+        return load(*args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 class _Section(BaseModel):

@@ -27,14 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
     args = parser.parse_args(argv)
 
-    from magdi_dist.config import ConfigError, load_config
+    from magdi_dist.config import load_config, or_exit
     from magdi_dist.launch.shards import ensure_shards
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    cfg = or_exit(load_config, args.config, args.overrides)
     print(f"manifest: {ensure_shards(cfg, engine='ray', address=args.address)}", flush=True)
     return 0
 

@@ -27,16 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the study file")
     args = parser.parse_args(argv)
 
-    from magdi_dist.config import ConfigError
+    from magdi_dist.config import or_exit
     from magdi_dist.study.config import load_study
     from magdi_dist.study.report import format_summary
     from magdi_dist.study.runner import run_study
 
-    try:
-        study = load_study(args.config, args.overrides)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    study = or_exit(load_study, args.config, args.overrides)
     summary = run_study(study)
     print(format_summary(summary))
     print(json.dumps({"study": summary["study"], "status": summary["status"], "champion": summary["champion"]}))

@@ -34,14 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
     args = parser.parse_args(argv)
 
-    from magdi_dist.config import ConfigError, load_config
+    from magdi_dist.config import load_config, or_exit
     from magdi_dist.launch.trainer import train_on_ray
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    cfg = or_exit(load_config, args.config, args.overrides)
     summary = train_on_ray(cfg, num_workers=args.workers, use_gpu=args.gpu, cpus_per_worker=args.cpus_per_worker,
                            max_failures=args.max_failures, resume=args.resume, address=args.address)
     return 0 if summary.get("step") == summary.get("total_steps") else 1

@@ -111,3 +111,26 @@ def test_zero3_buckets_follow_the_model_hidden_size():
     # Validating a config before a model exists leaves them for initialize() to fill.
     ds, _ = build_ds_config(cfg, 2, "cpu")
     assert ds["zero_optimization"]["reduce_bucket_size"] == "auto"
+
+
+@pytest.mark.parametrize(
+    ("entry", "config", "override", "named"),
+    [
+        (["ray_jobs/preprocess.py"], "configs/tiny.yaml", "train.nope=1", "train.nope: unknown key"),
+        (["ray_jobs/train.py"], "configs/tiny.yaml", "train.nope=1", "train.nope: unknown key"),
+        (["ray_jobs/scaling_study.py"], "configs/study_tiny.yaml", "nope=1", "nope: Extra inputs"),
+        (["-m", "magdi_dist.train"], "configs/tiny.yaml", "train.nope=1", "train.nope: unknown key"),
+        (["-m", "magdi_dist.cli", "preprocess"], "configs/tiny.yaml", "train.nope=1", "train.nope: unknown key"),
+        (["-m", "magdi_dist.cli", "study"], "configs/study_tiny.yaml", "nope=1", "nope: Extra inputs"),
+    ],
+)
+def test_every_entry_point_names_a_bad_key_and_exits_2(entry, config, override, named):
+    """Ray jobs, the training module and the CLI share config.or_exit: exit code 2 and the key, before
+    Ray or any rank starts."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, *entry, "--config", config, override], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert named in proc.stderr

@@ -20,7 +20,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from magdi_dist.config import ConfigError, load_config
+    from magdi_dist.config import load_config, or_exit
 
     parser = argparse.ArgumentParser(prog="python -m magdi_dist.train")
     parser.add_argument("--config", required=True)
@@ -28,11 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="key.sub=value")
     args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    cfg = or_exit(load_config, args.config, args.overrides)
     from magdi_dist.train.loop import train
 
     train(cfg, resume=args.resume)
