@@ -26,6 +26,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported only after set_threads (the OpenMP pool size is fixed at first use)
+    import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -218,6 +222,23 @@ class Clock:
 
     def __exit__(self, *exc) -> None:
         self.wall, self.cpu = time.perf_counter() - self._w, time.process_time() - self._c
+
+
+def peak_flops(dtype: torch.dtype, n: int, repeats: int = 5) -> dict[str, float]:
+    """Best-of-``repeats`` FLOP/s of an n x n matmul, on both clocks (train.metrics.measure_peak_flops's
+    method; its own perf_counter value is recorded alongside in the result). Shared by the
+    step-overhead figure (re-measured before each repetition) and the MFU figure (bf16 reference)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    a, b = torch.randn(n, n, generator=gen).to(dtype), torch.randn(n, n, generator=gen).to(dtype)
+    torch.matmul(a, b)
+    best = {"wall": float("inf"), "cpu": float("inf")}
+    for _ in range(repeats):
+        with Clock() as c:
+            torch.matmul(a, b)
+        best = {"wall": min(best["wall"], c.wall), "cpu": min(best["cpu"], max(c.cpu, 1e-9))}
+    return {k: 2.0 * n**3 / v for k, v in best.items()}
 
 
 def interleaved(variants: dict[str, Callable[[], object]], reps: int, warmup: int = 1,

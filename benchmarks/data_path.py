@@ -69,6 +69,8 @@ def _instrumented(timer: dict, collate_fn=None):
 
 def one_run(settings: Settings, steps: int, base: str, legacy: bool, workdir: Path) -> dict:
     from magdi_dist.config import config_from_dict
+    from magdi_dist.data.shards import load_train_data
+    from magdi_dist.preprocess.prepare import prepare_data
     from magdi_dist.train.loop import train
 
     tok_dir = settings.workdir / "tokenizer"
@@ -92,8 +94,9 @@ def one_run(settings: Settings, steps: int, base: str, legacy: bool, workdir: Pa
         if "step_time_s" in rec:
             marks.append((rec["step_time_s"], timer["wall"], timer["cpu"], time.process_time()))
 
+    data = load_train_data(prepare_data(cfg, engine="local", log=lambda _m: None).manifest)
     with _instrumented(timer, collate_fn):
-        train(cfg, resume=False, metrics_callback=callback)
+        train(cfg, data, resume=False, metrics_callback=callback)
     # Per-step deltas; step 1 (warm-up) only serves as the origin of step 2's deltas.
     steps = [(m[0], m[1] - p[1], m[2] - p[2], m[3] - p[3]) for p, m in zip(marks[:-1], marks[1:], strict=True)]
     step_wall, data_wall = sum(x[0] for x in steps), sum(x[1] for x in steps)

@@ -21,27 +21,13 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.common import Clock, Settings, ensure_dist, median
+from benchmarks.common import Settings, ensure_dist, median, peak_flops
+from benchmarks.step_overhead import measure_preset
 
 GOAL = 0.35
 
 
-def peak_flops(dtype: torch.dtype, n: int, repeats: int = 5) -> dict[str, float]:
-    """Best-of-``repeats`` FLOP/s of an n x n matmul, on both clocks (train.metrics.measure_peak_flops's
-    method; its own perf_counter value is recorded alongside in the result)."""
-    gen = torch.Generator().manual_seed(0)
-    a, b = torch.randn(n, n, generator=gen).to(dtype), torch.randn(n, n, generator=gen).to(dtype)
-    torch.matmul(a, b)
-    best = {"wall": float("inf"), "cpu": float("inf")}
-    for _ in range(repeats):
-        with Clock() as c:
-            torch.matmul(a, b)
-        best = {"wall": min(best["wall"], c.wall), "cpu": min(best["cpu"], max(c.cpu, 1e-9))}
-    return {k: 2.0 * n**3 / v for k, v in best.items()}
-
-
 def run(settings: Settings, with_legacy: bool = True) -> dict:
-    from benchmarks.step_overhead import measure_preset
     from magdi_dist.train.metrics import measure_peak_flops
 
     ensure_dist(settings)

@@ -49,13 +49,13 @@ def write_inputs(root: Path, n: int) -> Path:
 
 
 def one_run(root: Path, inputs: Path, spec, engine: str, workers: int) -> dict:
+    from magdi_dist.config import PreprocessConfig
     from magdi_dist.preprocess.pipeline import run_preprocess
-    from magdi_dist.preprocess.settings import PreprocessSettings
 
     out = root / "out"
     shutil.rmtree(out, ignore_errors=True)
-    cfg = PreprocessSettings(inputs=[str(inputs / "*.jsonl")], out_dir=str(out), records_per_shard=RECORDS_PER_SHARD,
-                             concurrency=workers)
+    cfg = PreprocessConfig(inputs=[str(inputs / "*.jsonl")], out_dir=str(out), records_per_shard=RECORDS_PER_SHARD,
+                           concurrency=workers)
     t0 = time.perf_counter()
     report = run_preprocess(cfg, spec, engine=engine, log=lambda _m: None)
     seconds = time.perf_counter() - t0

@@ -37,6 +37,7 @@ from benchmarks.common import (
     make_config,
     median,
     paired_ratio,
+    peak_flops,
     sampled_batches,
     synthetic_rows,
     tokenizer,
@@ -106,7 +107,6 @@ def measure_preset(settings: Settings, base: str, with_legacy: bool = True) -> d
 
 
 def _measure(settings: Settings, base: str, with_legacy: bool) -> dict:
-    from benchmarks.mfu import peak_flops
     from magdi_dist.data import collate
     from magdi_dist.model import MAGDiStudent, load_lm
 

@@ -25,16 +25,19 @@ def preprocess(
                                        help="Ray cluster (default: RAY_ADDRESS, else an embedded local Ray)."),
     local: bool = typer.Option(False, "--local", help="Run the same stages in this process, without Ray."),
     verify: bool = typer.Option(False, "--verify", help="Re-hash every shard against the manifest afterwards."),
+    storage: str | None = typer.Option(None, "--storage", envvar="MAGDI_STORAGE",
+                                       help="Root for relative output paths (default: the working directory)."),
 ) -> None:
     """Teacher transcripts -> graded MAGs -> pair rows with tokens and frozen node features -> Parquet
-    shards + manifest.json (Ray Data). Re-runs only process new or changed inputs."""
-    from magdi_dist.config import load_config, or_exit
+    shards + manifest.json (Ray Data). Re-runs only process new or changed inputs. The same preparation
+    every training launcher runs first."""
+    from magdi_dist.config import load_config, or_exit, with_durable_outputs
 
-    cfg = or_exit(load_config, config, list(overrides or []))
-    from magdi_dist.launch.shards import ensure_shards
+    cfg = or_exit(lambda: with_durable_outputs(load_config(config, list(overrides or [])), storage))
     from magdi_dist.preprocess.manifest import verify_manifest
+    from magdi_dist.preprocess.prepare import prepare_data
 
-    manifest = ensure_shards(cfg, engine="local" if local else "ray", address=address)
+    manifest = prepare_data(cfg, engine="local" if local else "ray", address=address).manifest
     problems = verify_manifest(manifest) if verify else []
     for problem in problems:
         typer.echo(f"error: {problem}", err=True)
@@ -79,9 +82,14 @@ def train(
     nproc_per_node: int = typer.Option(1, "--nproc-per-node", min=1,
                                        help="Local ranks to start with torchrun (1: train in this process)."),
     keys: bool = typer.Option(False, "--keys", help="List every config key with its default and meaning."),
+    storage: str | None = typer.Option(None, "--storage", envvar="MAGDI_STORAGE",
+                                       help="Root for relative output paths (default: the working directory)."),
+    ray_preprocess: bool = typer.Option(False, "--ray-preprocess",
+                                        help="Prepare the shards with Ray Data instead of in this process."),
 ) -> None:
-    """Train the MAGDi student with DeepSpeed ZeRO. The config is validated before any rank starts;
-    under torchrun / the deepspeed launcher run ``python -m magdi_dist.train`` on every rank instead."""
+    """Train the MAGDi student with DeepSpeed ZeRO. The config is validated and the shards prepared
+    before any rank starts; under torchrun / the deepspeed launcher run ``python -m
+    magdi_dist.launch.rank`` on every rank instead."""
     if keys:
         from magdi_dist.config import describe_config
 
@@ -89,9 +97,23 @@ def train(
         raise typer.Exit(0)
     if config is None:
         raise typer.BadParameter("--config is required", param_hint="--config")
-    from magdi_dist.train.launch import run
+    import os
 
-    raise typer.Exit(run(config, list(overrides or []), resume, nproc_per_node))
+    from magdi_dist.config import ConfigError
+    from magdi_dist.recipes.train import run
+    from magdi_dist.train.checkpoint import CheckpointMismatch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        typer.echo("error: `magdi-dist train` is the driver; under torchrun or the deepspeed launcher run "
+                   "`python -m magdi_dist.launch.rank` on every rank", err=True)
+        raise typer.Exit(2)
+    try:
+        code = run(config, list(overrides or []), storage=storage, resume=resume, nproc_per_node=nproc_per_node,
+                   ray_preprocess=ray_preprocess)
+    except (ConfigError, CheckpointMismatch) as err:  # before any rank started
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -121,9 +143,9 @@ def evaluate(
     import json
 
     from magdi_dist.eval.errors import EvalInputError
-    from magdi_dist.eval.runner import EvalConfig
-    from magdi_dist.eval.runner import evaluate as run_evaluation
     from magdi_dist.mag.errors import MAGInputError
+    from magdi_dist.recipes.evaluate import EvalConfig
+    from magdi_dist.recipes.evaluate import evaluate as run_evaluation
 
     cfg = EvalConfig(
         model=model, data=str(data), format=format, task=task, k=k, temperature=temperature,
@@ -218,16 +240,18 @@ def study(
     config: Path = typer.Option(..., "--config", help="Study YAML (sizes x variants over one training config)."),
     overrides: list[str] = typer.Argument(None, help="key=value overrides of the study file."),
     as_json: bool = typer.Option(False, "--json", help="Print the study summary as JSON."),
+    storage: str | None = typer.Option(None, "--storage", envvar="MAGDI_STORAGE",
+                                       help="Root for a relative output_dir (default: the working directory)."),
 ) -> None:
     """Run a scaling study: train, evaluate and register every cell; log the curve; crown the champion."""
     import json
 
     from magdi_dist.config import or_exit
+    from magdi_dist.recipes.study import run_study
     from magdi_dist.study.config import load_study
     from magdi_dist.study.report import format_summary, mlflow_ui_command
-    from magdi_dist.study.runner import run_study
 
-    spec = or_exit(load_study, config, overrides or [])
+    spec = or_exit(load_study, config, overrides or [], storage)
     summary = run_study(spec)
     if as_json:
         typer.echo(json.dumps(summary, default=str))
@@ -247,9 +271,9 @@ def demo(
     ZeRO-2 on 2 CPU ranks, log the study in MLflow, register the champion and ask it a question."""
     import time
 
+    from magdi_dist.recipes.study import run_study
     from magdi_dist.study.demo import ask_champion, load_demo
     from magdi_dist.study.report import format_summary, mlflow_ui_command
-    from magdi_dist.study.runner import run_study
 
     started = time.perf_counter()
     summary = run_study(load_demo(out, quick=quick))
@@ -274,19 +298,27 @@ def bench(
     docs: bool = typer.Option(True, "--docs/--no-docs", help="Rewrite the table in docs/benchmarks.md."),
 ) -> None:
     """Run the performance benchmarks (benchmarks/, a source checkout only): JSON in
-    benchmarks/results/, the table in docs/benchmarks.md; same as ``python -m benchmarks``."""
+    benchmarks/results/, the table in docs/benchmarks.md; same as ``python -m benchmarks`` run in the
+    checkout (this command runs exactly that, as a subprocess with the checkout as working directory)."""
+    import subprocess
     import sys
 
     root = Path(__file__).resolve().parent.parent
     if not (root / "benchmarks" / "__main__.py").is_file():
-        typer.echo(f"error: no benchmarks/ next to {root / 'magdi_dist'} (run from a source checkout)", err=True)
+        typer.echo(
+            f"error: the benchmarks ship only with a source checkout, and there is none next to the installed "
+            f"package ({root / 'magdi_dist'} has no ../benchmarks/). To run them:\n"
+            "  git clone <magdi-dist repository URL> magdi-dist; cd magdi-dist; python -m benchmarks\n"
+            "(or `magdi-dist bench` from that checkout, installed with `pip install -e .`).",
+            err=True,
+        )
         raise typer.Exit(2)
-    sys.path.insert(0, str(root))  # the benchmarks package is not installed with magdi_dist
-    from benchmarks.__main__ import main as run_benchmarks
-
     argv = (["--quick"] if quick else []) + (["--only", *only] if only else []) + ["--threads", str(threads)]
     argv += (["--save-baseline"] if save_baseline else []) + ([] if docs else ["--no-docs"])
-    raise typer.Exit(run_benchmarks(argv))
+    # The benchmarks package is not installed with magdi_dist: ``-m`` finds it in the working
+    # directory (the checkout), so nothing here touches this process's sys.path.
+    proc = subprocess.run([sys.executable, "-m", "benchmarks", *argv], cwd=root, check=False)
+    raise typer.Exit(proc.returncode)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,13 +19,8 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from magdi_dist.model import StudentConfig
-
 DS_PRESET_DIR = Path(__file__).resolve().parent.parent / "ds_configs"
 DS_PRESETS = ("zero0", "zero1", "zero2", "zero3", "zero3_offload")
-
-
-from magdi_dist.preprocess.settings import PreprocessConfig  # noqa: E402 -- pydantic only
 
 
 class ConfigError(ValueError):
@@ -36,7 +32,7 @@ _Loaded = TypeVar("_Loaded")
 
 def or_exit(load: Callable[..., _Loaded], *args: Any) -> _Loaded:
     """``load(*args)`` at an entry point (a CLI command, a ray_jobs script, ``python -m
-    magdi_dist.train``): a ConfigError is printed (it names the key) and the process exits with code
+    magdi_dist.launch.rank``): a ConfigError is printed (it names the key) and the process exits with code
     2, before any rank or Ray worker starts."""
     try:
         return load(*args)
@@ -62,6 +58,101 @@ class SynthSpec(_Section):
     """Generator seed (same seed, same MAGs)."""
 
 
+class LoraSpec(_Section):
+    """LoRA adapters (peft). Defaults are the reference MAGDi run's (r=16, alpha=32, q/v projections)."""
+
+    r: int = Field(16, ge=1)
+    """Rank of the low-rank update."""
+    alpha: int = Field(32, ge=1)
+    """LoRA scaling numerator (the update is scaled by alpha / r)."""
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    """Dropout on the LoRA branch input."""
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
+    """Names of the linear modules that get adapters (Llama/Mistral naming by default)."""
+
+
+class StudentConfig(_Section):
+    """The student model and its training objective."""
+
+    base: str | dict[str, Any] = "tiny-5m"
+    """Causal LM: a hub id (e.g. mistralai/Mistral-7B-Instruct-v0.2), a local directory, a tiny preset
+    (tiny-1m, tiny-5m, tiny-20m) or a dict of LlamaConfig fields (may name a preset to override)."""
+    seed: int = 0
+    """Initialisation seed of a tiny LM, the graph encoder and the scorer."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """dtype the LM weights are loaded in (the graph encoder and scorer stay float32)."""
+    trust_remote_code: bool = False
+    """Allow a hub model to run its own Python code. Off unless you trust the repository."""
+    lora: LoraSpec | None = None
+    """Train LoRA adapters instead of the full LM (the graph encoder and scorer are always trained)."""
+    gradient_checkpointing: bool = False
+    """Recompute decoder activations in the backward pass (less memory, ~30% more compute)."""
+    graph_features: Literal["frozen", "live"] = "frozen"
+    """frozen: node features from the base student, the node loss trains only the GCN (reference).
+    live: this batch's chains replace their nodes' features, so the node loss trains the LM too."""
+    live_extra_nodes: int = Field(0, ge=0)
+    """live only: run up to this many more nodes per graph through the LM (bounded extra compute)."""
+    live_node_max_tokens: int = Field(256, ge=1)
+    """live only: token budget of each extra node (collate truncates to it)."""
+    pooling: Literal["weighted_mean", "mean"] = "weighted_mean"
+    """Sequence embedding for the scorer and node features: position-weighted mean (reference) or mean."""
+    gcn_layers: int = Field(2, ge=1)
+    """GCN layers of the graph encoder (each adds one round of message passing)."""
+    gcn_hidden: int = Field(512, ge=1)
+    """Hidden size of the GCN layers."""
+    gcn_dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    """Dropout after each GCN layer."""
+    scorer_hidden: int | None = None
+    """Hidden size of the scorer MLP (None: the LM hidden size, as the reference)."""
+    ntp_weight: float = Field(1.0, ge=0.0)
+    """Weight of the next-token loss on correct chains (alpha)."""
+    node_weight: float = Field(1.0, ge=0.0)
+    """Weight of the node-classification loss (beta)."""
+    margin_weight: float = Field(0.1, ge=0.0)
+    """Weight of the margin ranking loss between correct and incorrect chains (gamma)."""
+    margin: float = Field(1.0, ge=0.0)
+    """Margin of the ranking loss (scores are tanh outputs in [-1, 1])."""
+    answer_only_loss: bool = False
+    """NTP only on the final answer sentence ("The answer is X." + eos) instead of the whole chain.
+    The prompt is never a target. Applied when rows are built (RowConfig.answer_only_loss)."""
+
+
+class PreprocessConfig(_Section):
+    """The ``preprocess`` section of the run config (``MAGDiConfig.preprocess``): how teacher files
+    become Parquet shards. Reader format and task come from ``data``; the tokenizer and the frozen
+    base student from ``data.tokenizer`` and ``model``."""
+
+    inputs: list[str] = Field(default_factory=list)
+    """Teacher transcript files or glob patterns, in any supported format; empty: ``data.paths``, or
+    the synthetic MAGs of ``data.synthetic`` written to a file first."""
+    out_dir: str | None = None
+    """Shards, their tokenizer, rejects and ``manifest.json``; None: ``<train.output_dir>/shards``."""
+    strict: bool = False
+    """Fail on the first bad record instead of writing it, with its reason, to the rejects file."""
+
+    # --- content: part of the fingerprint ---
+    records_per_shard: int = Field(1024, ge=1)
+    """MAGs per shard: a big file becomes a fixed split of shards (files are the unit of work)."""
+    feature_batch_size: int = Field(32, ge=1)
+    """Node texts per forward pass of the frozen student. Batches are cut inside one shard, in a
+    fixed order, so which texts share a padded batch never depends on scheduling."""
+    torch_threads: int = Field(1, ge=1)
+    """Threads per feature actor. Kept in the fingerprint: a CPU matmul's summation order can follow
+    its thread count, and the shard hashes promise bit-equal features."""
+    row_group_rows: int = Field(256, ge=1)
+    """Parquet row-group size (rows)."""
+
+    # --- run: not part of the fingerprint ---
+    concurrency: int = Field(1, ge=1)
+    """Feature actors in the pool."""
+    batch_size: int = Field(1, ge=1)
+    """Shards per actor call (Ray Data batch)."""
+    actor_num_cpus: float = Field(1.0, gt=0)
+    """CPUs Ray reserves per feature actor."""
+    num_gpus: float | None = None
+    """GPUs per feature actor; None: 1 when the cluster has GPUs, else 0."""
+
+
 class DataConfig(_Section):
     paths: list[str] = Field(default_factory=list)
     """MAG files (a single path is accepted too) in any format magdi_dist.mag.readers reads (magdi,
@@ -75,17 +166,20 @@ class DataConfig(_Section):
     max_len: int = Field(256, ge=8)
     """Maximum tokens per chain (prompt + reasoning + eos); longer chains are cut at the end."""
     tokenizer: str = "train"
-    """"train": train a byte-level BPE tokenizer on the training MAGs (saved to output_dir/tokenizer);
-    otherwise a tokenizer directory or hub id."""
+    """"train": train a byte-level BPE tokenizer on the training questions' MAGs (saved with the shards,
+    ``<shards>/tokenizer``); otherwise a tokenizer directory or hub id."""
     vocab_size: int = Field(1024, ge=300)
     """Vocabulary of a locally trained tokenizer (byte alphabet 256 + specials + merges)."""
     features: Literal["frozen", "zero"] = "frozen"
     """Node features of the graph objective: ``frozen`` = the base student's pooled embeddings
     (MAGDi reference), ``zero`` = zeros (debugging; the GCN then only sees the graph structure)."""
     eval_fraction: float = Field(0.1, ge=0.0, lt=1.0)
-    """Fraction of MAGs held out for the eval loss (split by question, so no question leaks)."""
+    """Share of questions held out for the eval loss. A question (its text, whitespace-normalised, so
+    the same question in two teacher files is one question) is held out when its seeded hash falls
+    below this fraction: the share is approximate, and adding input files never moves a question
+    between train and held-out. The split is recorded in the shards' manifest."""
     split_seed: int = 0
-    """Seed of the train/eval split."""
+    """Seed of the train/held-out split."""
 
     @field_validator("paths", mode="before")
     @classmethod
@@ -220,6 +314,51 @@ def config_hash(cfg: MAGDiConfig) -> str:
             data[section].pop(key, None)
     blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+STORAGE_ENV = "MAGDI_STORAGE"
+# Where Ray unpacks a submitted job's --working-dir; deleted when the session ends.
+_RAY_WORKING_DIR_COPY = "/runtime_resources/working_dir_files/"
+
+
+def storage_root(storage: str | Path | None = None) -> Path | None:
+    """The root that relative output paths resolve against: ``storage`` (an entry point's
+    ``--storage``), else ``$MAGDI_STORAGE``, else None (the current directory)."""
+    chosen = storage or os.environ.get(STORAGE_ENV)
+    return Path(chosen).expanduser().resolve() if chosen else None
+
+
+def durable_path(path: str, storage: str | Path | None = None, *, key: str = "output path") -> str:
+    """``path`` as an absolute path where outputs survive the process that wrote them.
+
+    Relative paths resolve against the storage root. Without one they resolve against the current
+    directory, except inside the copy of the working dir that ``ray job submit`` unpacks for a job:
+    Ray deletes that copy, so there a relative output path is refused (naming ``key``)."""
+    if Path(path).is_absolute():
+        return path
+    root = storage_root(storage)
+    if root is None:
+        cwd = Path.cwd()
+        if _RAY_WORKING_DIR_COPY in f"{cwd}/":
+            raise ConfigError(
+                f"{key}={path!r} is relative, and this process runs in Ray's temporary copy of the "
+                f"working dir ({cwd}), which Ray deletes: name a storage root with --storage DIR or "
+                f"{STORAGE_ENV}=DIR (shared by every node), or give an absolute path"
+            )
+        root = cwd
+    return str(root / path)
+
+
+def with_durable_outputs(cfg: MAGDiConfig, storage: str | Path | None = None) -> MAGDiConfig:
+    """``cfg`` with ``train.output_dir`` and ``preprocess.out_dir`` made absolute (``durable_path``):
+    every launcher calls this first, so ranks, Ray workers and restarts all see one directory. Input
+    paths are left as given (a job reads them from its working dir)."""
+    train = cfg.train.model_copy(update={"output_dir": durable_path(cfg.train.output_dir, storage,
+                                                                      key="train.output_dir")})
+    pre = cfg.preprocess
+    if pre.out_dir is not None:
+        pre = pre.model_copy(update={"out_dir": durable_path(pre.out_dir, storage, key="preprocess.out_dir")})
+    return cfg.model_copy(update={"train": train, "preprocess": pre})
 
 
 def _sections(annotation) -> list[type[BaseModel]]:

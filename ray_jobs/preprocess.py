@@ -6,8 +6,9 @@
 The job's driver joins the cluster it was submitted to (Ray sets ``RAY_ADDRESS``); the Ray Data
 pipeline then runs its parse tasks and feature actors there. Idempotent: inputs already turned into
 shards with the same settings, tokenizer and model are skipped, and the job says so.
-Paths in the config (inputs, ``train.output_dir``) must be visible to the cluster: use absolute paths on
-shared storage, since relative ones resolve inside the job's temporary copy of the working dir.
+Input paths resolve in the job's working dir (uploaded with it) or are absolute; relative output paths
+(``train.output_dir``, ``preprocess.out_dir``) resolve against ``--storage`` / ``$MAGDI_STORAGE``, storage
+the cluster sees, never inside Ray's temporary copy of the working dir.
 """
 
 from __future__ import annotations
@@ -24,14 +25,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ray_jobs/preprocess.py", description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, help="Run config YAML (the one train uses).")
     parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else local).")
+    parser.add_argument("--storage", default=None, help="Root for relative output paths (default: $MAGDI_STORAGE).")
     parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
     args = parser.parse_args(argv)
 
-    from magdi_dist.config import load_config, or_exit
-    from magdi_dist.launch.shards import ensure_shards
+    from magdi_dist.config import load_config, or_exit, with_durable_outputs
+    from magdi_dist.preprocess.prepare import prepare_data
 
-    cfg = or_exit(load_config, args.config, args.overrides)
-    print(f"manifest: {ensure_shards(cfg, engine='ray', address=args.address)}", flush=True)
+    cfg = or_exit(lambda: with_durable_outputs(load_config(args.config, args.overrides), args.storage))
+    print(f"manifest: {prepare_data(cfg, engine='ray', address=args.address).manifest}", flush=True)
     return 0
 
 

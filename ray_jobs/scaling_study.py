@@ -3,7 +3,7 @@ logged to MLflow and registered; the champion gets its alias).
 
     ray job submit --address http://127.0.0.1:8265 --working-dir . \\
         --runtime-env ray_jobs/runtime_env.yaml -- python ray_jobs/scaling_study.py \\
-        --config configs/study_tiny.yaml output_dir=/shared/runs/study
+        --config configs/study_tiny.yaml --storage /shared/magdi
 
 Inside a submitted job ``RAY_ADDRESS`` is set, so every cell trains on the submitting cluster. A cell
 that fails is recorded as FAILED and the others go on; submitting the same study again skips every
@@ -24,15 +24,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ray_jobs/scaling_study.py", description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, help="Study YAML.")
+    parser.add_argument("--storage", default=None, help="Root for a relative output_dir (default: $MAGDI_STORAGE).")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the study file")
     args = parser.parse_args(argv)
 
     from magdi_dist.config import or_exit
+    from magdi_dist.recipes.study import run_study
     from magdi_dist.study.config import load_study
     from magdi_dist.study.report import format_summary
-    from magdi_dist.study.runner import run_study
 
-    study = or_exit(load_study, args.config, args.overrides)
+    study = or_exit(load_study, args.config, args.overrides, args.storage)
+    print(f"outputs: {study.output_dir}", flush=True)
     summary = run_study(study)
     print(format_summary(summary))
     print(json.dumps({"study": summary["study"], "status": summary["status"], "champion": summary["champion"]}))

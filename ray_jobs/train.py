@@ -2,12 +2,13 @@
 
     ray job submit --address http://127.0.0.1:8265 --working-dir . \\
         --runtime-env ray_jobs/runtime_env.yaml -- python ray_jobs/train.py --config configs/tiny.yaml \\
-        --workers 2 train.output_dir=/shared/runs/tiny
+        --workers 2 --storage /shared/magdi
 
 ``--workers`` Ray Train workers (GPU ones when the cluster has GPUs) each run one DeepSpeed rank; a
 worker that dies is replaced up to ``--max-failures`` times and training resumes from the newest
-complete checkpoint in ``train.output_dir/checkpoints``. ``train.output_dir`` must be shared by all
-nodes and should be absolute (a relative path lands in the job's temporary working-dir copy).
+complete checkpoint in ``train.output_dir/checkpoints``. A relative ``train.output_dir`` resolves
+against ``--storage`` / ``$MAGDI_STORAGE`` (storage every node sees), never inside Ray's temporary copy
+of the working dir; the job prints where its outputs are.
 """
 
 from __future__ import annotations
@@ -31,16 +32,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                         help="Resume from the newest complete checkpoint (--no-resume deletes them).")
     parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else local).")
+    parser.add_argument("--storage", default=None, help="Root for relative output paths (default: $MAGDI_STORAGE).")
     parser.add_argument("overrides", nargs="*", help="key.sub=value config overrides")
     args = parser.parse_args(argv)
 
-    from magdi_dist.config import load_config, or_exit
-    from magdi_dist.launch.trainer import train_on_ray
+    from magdi_dist.config import ConfigError
+    from magdi_dist.recipes.train import run
+    from magdi_dist.train.checkpoint import CheckpointMismatch
 
-    cfg = or_exit(load_config, args.config, args.overrides)
-    summary = train_on_ray(cfg, num_workers=args.workers, use_gpu=args.gpu, cpus_per_worker=args.cpus_per_worker,
-                           max_failures=args.max_failures, resume=args.resume, address=args.address)
-    return 0 if summary.get("step") == summary.get("total_steps") else 1
+    try:
+        return run(args.config, args.overrides, storage=args.storage, resume=args.resume, ray_workers=args.workers,
+                   use_gpu=args.gpu, cpus_per_worker=args.cpus_per_worker, max_failures=args.max_failures,
+                   address=args.address)
+    except (ConfigError, CheckpointMismatch) as err:  # before any worker started
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from magdi_dist.data.tokenizer import build_bpe, mag_texts, train_tokenizer
 from magdi_dist.mag.schema import MAG, Label, Provenance, Response
 
 C, W, M = Label.CORRECT, Label.INCORRECT, Label.MISSING
-ROW_FIELDS = {"mag_id", "source_file", "source_record", "pair_index", "pos_input_ids", "pos_labels",
+ROW_FIELDS = {"mag_id", "question_key", "source_file", "source_record", "pair_index", "pos_input_ids", "pos_labels",
               "neg_input_ids", "has_negative", "node_features", "feature_dim", "edge_index", "node_labels",
               "pos_node", "neg_node"}
 

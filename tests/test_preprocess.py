@@ -11,11 +11,11 @@ import shutil
 import pytest
 from ray_cluster import tiny_feature_spec, write_synth_inputs
 
+from magdi_dist.config import PreprocessConfig
+from magdi_dist.data.shards import ShardDataset
 from magdi_dist.preprocess import stages
 from magdi_dist.preprocess.manifest import load_manifest, verify_manifest
 from magdi_dist.preprocess.pipeline import run_preprocess
-from magdi_dist.preprocess.settings import PreprocessSettings
-from magdi_dist.preprocess.shards import ShardDataset
 
 
 @pytest.fixture(scope="module")
@@ -26,12 +26,12 @@ def assets(tmp_path_factory):
     return root, spec
 
 
-def settings(out, *inputs, **kw) -> PreprocessSettings:
-    return PreprocessSettings(inputs=[str(i) for i in inputs], out_dir=str(out), records_per_shard=16, **kw)
+def settings(out, *inputs, **kw) -> PreprocessConfig:
+    return PreprocessConfig(inputs=[str(i) for i in inputs], out_dir=str(out), records_per_shard=16, **kw)
 
 
-def run(cfg, spec, log=None):
-    return run_preprocess(cfg, spec, engine="local", log=log or (lambda _msg: None))
+def run(cfg, spec, log=None, **kw):
+    return run_preprocess(cfg, spec, engine="local", log=log or (lambda _msg: None), **kw)
 
 
 @pytest.fixture(scope="module")

@@ -1,18 +1,20 @@
-"""On one real Ray head (module-scoped: starting one costs ~15 s here):
+"""On one real Ray head (module-scoped: starting one costs ~15 s here), as a user runs it:
 
-* the Ray Data pipeline with 2 actors, its driver SIGKILLed mid-run and re-run, ends with exactly the
-  bytes of an uninterrupted single-process run;
-* end to end as a user runs it: ``ray job submit`` of the preprocess job, then the train job on 2 CPU
-  workers (configs/tiny.yaml shrunk by overrides), ending SUCCEEDED with shards, manifest, checkpoints
-  and an export;
-* ``magdi-dist submit`` of the same training with one worker SIGKILLed after the first checkpoint:
-  the job still succeeds, resumed, with the uninterrupted run's final weights."""
+* the README's cluster commands, run as written (token auth through ``RAY_AUTH_MODE=token`` and
+  ``~/.ray/auth_token``, the storage root ``$HOME/magdi-runs``) with test-size overrides appended:
+  the preprocess job, the train job on 2 workers, the preprocess job again. Outputs land under the
+  storage root, never under Ray's session folder, and the manifest stays byte-identical;
+* the torchrun path (``magdi-dist train --nproc-per-node 2``) on the same config trains on the same
+  rows, holds out the same questions and gives the same losses as the Ray Train job;
+* a train job with one worker SIGKILLed after the first checkpoint still succeeds, resumed, with the
+  uninterrupted run's final weights."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -21,11 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
-from ray_cluster import RAY, ray_cluster, tiny_feature_spec, write_synth_inputs  # noqa: F401  (fixture)
-
-from magdi_dist.preprocess.manifest import load_manifest, verify_manifest
-from magdi_dist.preprocess.pipeline import run_preprocess
-from magdi_dist.preprocess.settings import PreprocessSettings
+from ray_cluster import RAY, ray_cluster  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -39,85 +37,31 @@ SMALL = [
     "train.warmup_steps=0", "train.progress=false", "train.peak_flops=1e12",
 ]  # fmt: skip
 
-# A Ray driver in its own process, as a job's would be: the test process never joins the cluster.
-DRIVER = """
-import json, sys
-from magdi_dist.preprocess.session import ray_session
-from magdi_dist.preprocess.featurize import FeatureSpec
-from magdi_dist.preprocess.pipeline import run_preprocess
-from magdi_dist.preprocess.settings import PreprocessSettings
-args = json.loads(sys.argv[1])
-with ray_session():
-    run_preprocess(PreprocessSettings(**args["settings"]), FeatureSpec(**args["spec"]), engine="ray")
-"""
+
+def readme_cluster_commands() -> list[str]:
+    """The README's "On a Ray cluster" block, one command per line (continuations joined)."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## On a Ray cluster"):]
+    start = section.index("```bash\n") + len("```bash\n")
+    block = section[start: section.index("\n```", start)]
+    return [line.strip() for line in block.replace("\\\n", " ").splitlines() if line.strip()]
 
 
-@pytest.fixture(scope="module")
-def pre_assets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rpre")
-    spec = tiny_feature_spec(root)
-    # Many small shards: the kill, sent as soon as the first shard exists, lands well before the end.
-    write_synth_inputs(root / "in", {f"part{i}.jsonl": (12, 10 + i) for i in range(4)})
-    return root, spec
-
-
-N_SHARDS = 4 * 12 // 2
-
-
-def pre_settings(root, out, **kw) -> PreprocessSettings:
-    return PreprocessSettings(inputs=[str(root / "in" / "*.jsonl")], out_dir=str(out), records_per_shard=2, **kw)
-
-
-@pytest.fixture(scope="module")
-def pre_reference(pre_assets, tmp_path_factory):
-    root, spec = pre_assets
-    out = tmp_path_factory.mktemp("rref")
-    run_preprocess(pre_settings(root, out), spec, engine="local", log=lambda _m: None)
-    return out
-
-
-def pipeline_driver(cluster, root, spec, out, **kw) -> subprocess.Popen:
-    args = json.dumps({"settings": pre_settings(root, out, **kw).model_dump(), "spec": spec.model_dump()})
-    return subprocess.Popen([sys.executable, "-c", DRIVER, args], env=cluster.env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-
-
-def test_pipeline_killed_mid_run_reruns_to_single_process_bytes(ray_cluster, pre_assets, pre_reference, tmp_path):  # noqa: F811
-    """One kill-and-rerun covers both promises: a two-actor pool writes what one process writes, and
-    a run SIGKILLed between two shards resumes to the uninterrupted run's bytes."""
-    root, spec = pre_assets
-    proc = pipeline_driver(ray_cluster, root, spec, tmp_path, concurrency=2)
-    shards = tmp_path / "shards"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and proc.poll() is None:
-        if shards.is_dir() and any(p.suffix == ".parquet" for p in shards.iterdir()):
-            break
-        time.sleep(0.02)
-    assert proc.poll() is None, "the run ended before it could be killed:\n" + proc.stdout.read()[-3000:]
-    proc.send_signal(signal.SIGKILL)  # the driver: Ray then tears down its tasks and actors
-    proc.wait(timeout=30)
-    proc.stdout.close()
-    assert not (tmp_path / "manifest.json").exists()
-    done = {p.name: p.stat().st_ino for p in shards.iterdir() if p.suffix == ".parquet"}
-    assert 0 < len(done) < N_SHARDS
-    proc = pipeline_driver(ray_cluster, root, spec, tmp_path, concurrency=2)
-    out, _ = proc.communicate(timeout=240)
-    assert proc.returncode == 0, out[-4000:]
-    assert "MapBatches(ShardBuilder)" in out  # Ray Data's progress reporting reached the log
-    assert (tmp_path / "manifest.json").read_bytes() == (pre_reference / "manifest.json").read_bytes()
-    assert verify_manifest(tmp_path) == []
-    assert load_manifest(tmp_path)["totals"]["shards"] == N_SHARDS
-    # Shards finished before the kill were kept, not rebuilt (a late writer may have added more).
-    assert all((shards / name).stat().st_ino == ino for name, ino in done.items())
-
-
-def ray_job_submit(cluster, job: str, args: list[str], timeout: float = 300) -> tuple[bool, str]:
-    """``ray job submit`` exactly as documented (it tails the logs and ends with the job); returns
-    (succeeded, logs)."""
-    cmd = [RAY, "job", "submit", "--address", cluster.dashboard_url, "--working-dir", ".",
-           "--runtime-env", "ray_jobs/runtime_env.yaml", "--",
-           "python", f"ray_jobs/{job}.py", "--config", CONFIG, *args]  # fmt: skip
-    out = subprocess.run(cmd, cwd=REPO, env=cluster.env(), capture_output=True, text=True, timeout=timeout)
+def run_readme_command(cluster, command: str, home: Path, timeout: float = 300) -> tuple[bool, str]:
+    """One README command in bash, after the README's own exports, with HOME a temp dir holding this
+    cluster's token where ``ray start --head`` puts it. The only edits: the default address becomes
+    this cluster's (its ports are free ones) and job commands get the test-size overrides."""
+    commands = readme_cluster_commands()
+    exports = [c.replace("127.0.0.1:8265", cluster.dashboard_url.removeprefix("http://"))
+               for c in commands if c.startswith("export ")]
+    if command.startswith("ray job submit"):
+        command += " " + shlex.join(SMALL)
+    env = {k: v for k, v in cluster.env().items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
+    env["HOME"] = str(home)
+    # As in a shell with the venv active: ``ray`` is this venv's (a shim, like cluster.env's python).
+    env["PATH"] = os.pathsep.join([str(home / "bin"), env["PATH"]])
+    script = "\n".join(["set -e", *exports, command])
+    out = subprocess.run(["bash", "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     logs = out.stdout + out.stderr
     return out.returncode == 0 and re.search(r"Job '\S+' succeeded", logs) is not None, logs
 
@@ -128,22 +72,46 @@ def export_tensors(run: Path) -> dict:
     return {p.name: load_file(p) for p in sorted((run / "export").rglob("*.safetensors"))}
 
 
+def losses(run: Path) -> list[float]:
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
+    return [r["loss"] for r in recs if "loss" in r and "eval_loss" not in r]
+
+
 @pytest.fixture(scope="module")
 def trained(ray_cluster, tmp_path_factory):  # noqa: F811
-    """Preprocess job, then train job, into one output dir (the uninterrupted reference run)."""
-    run = tmp_path_factory.mktemp("job") / "run"
-    overrides = [*SMALL, f"train.output_dir={run}"]
-    ok, logs = ray_job_submit(ray_cluster, "preprocess", overrides)
-    assert ok, logs[-5000:]
-    assert "processed 1 new input(s)" in logs and "MapBatches(ShardBuilder)" in logs
-    ok, logs = ray_job_submit(ray_cluster, "train", ["--workers", "2", *overrides])
-    assert ok, logs[-5000:]
-    return run, logs
+    """The README's commands: preprocess job, train job, preprocess job again (the reference run)."""
+    home = tmp_path_factory.mktemp("home")
+    (home / ".ray").mkdir()
+    shutil.copy(ray_cluster.temp_dir / "auth_token", home / ".ray" / "auth_token")
+    (home / "bin").mkdir()
+    (home / "bin" / "ray").write_text(f'#!/bin/sh\nexec "{RAY}" "$@"\n')
+    (home / "bin" / "ray").chmod(0o755)
+    commands = readme_cluster_commands()
+    assert commands[0] == "ray start --head"  # the test's cluster stands in for it (free ports)
+    jobs = [c for c in commands if c.startswith("ray job submit")]
+    assert [("preprocess.py" in c, "train.py" in c) for c in jobs] == [(True, False), (False, True)]
+    logs = []
+    for command in [*jobs, jobs[0]]:
+        ok, out = run_readme_command(ray_cluster, command, home)
+        assert ok, out[-5000:]
+        logs.append(out)
+        if len(logs) == 1:
+            first_manifest = (home / "magdi-runs" / "runs" / "tiny" / "shards" / "manifest.json").read_bytes()
+    return home / "magdi-runs" / "runs" / "tiny", logs, first_manifest
 
 
-def test_preprocess_then_train_jobs_succeed_with_all_outputs(trained):
-    run, logs = trained
-    assert "nothing to do" in logs  # the train job found the preprocess job's shards
+def test_readme_jobs_write_durable_outputs_and_one_manifest(trained, ray_cluster):  # noqa: F811
+    run, (pre, train, pre_again), first_manifest = trained
+    assert "processed 1 new input(s)" in pre and "MapBatches(ShardBuilder)" in pre
+    assert f"outputs: {run}" in train and "nothing to do" in train  # train found the preprocess job's shards
+    assert "nothing to do" in pre_again and "manifest unchanged" in pre_again
+    assert (run / "shards" / "manifest.json").read_bytes() == first_manifest
+    # Nothing under Ray's session folder (where the jobs' working-dir copies live).
+    assert not list(ray_cluster.temp_dir.rglob("manifest.json")) and not list(ray_cluster.temp_dir.rglob("step-*"))
+
+
+def test_train_job_outputs(trained):
+    run, (_, logs, _), _ = trained
     manifest = json.loads((run / "shards" / "manifest.json").read_text())
     assert manifest["totals"]["mags"] == 40 and manifest["totals"]["rows"] > 0
     assert all((run / "shards" / s["file"]).is_file() for s in manifest["shards"])
@@ -159,6 +127,25 @@ def test_preprocess_then_train_jobs_succeed_with_all_outputs(trained):
     assert export_tensors(run) and (run / "export" / "config.json").is_file()
 
 
+def test_torchrun_path_trains_on_the_same_rows_and_split(trained, tmp_path):
+    """Same config, the other launcher: same manifest bytes (its paths are relative to itself), so the
+    same rows and held-out questions, and the same loss curve and eval loss."""
+    ray_run, _, _ = trained
+    run = tmp_path / "torchrun"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    proc = subprocess.run([sys.executable, "-m", "magdi_dist.cli", "train", "--config", CONFIG,
+                           "--nproc-per-node", "2", *SMALL, f"train.output_dir={run}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=420)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (run / "shards" / "manifest.json").read_bytes() == (ray_run / "shards" / "manifest.json").read_bytes()
+    split = json.loads((run / "shards" / "manifest.json").read_text())["split"]
+    assert 0 < split["heldout_questions"] < split["questions"] == 40
+    assert losses(run) == pytest.approx(losses(ray_run), rel=1e-5)
+    evals = [[json.loads(x) for x in (r / "metrics.jsonl").read_text().splitlines() if "eval_loss" in x]
+             for r in (run, ray_run)]
+    assert evals[0] and evals[0][-1]["eval_loss"] == pytest.approx(evals[1][-1]["eval_loss"], rel=1e-5)
+
+
 def alive_worker_pids(cluster) -> list[int]:
     out = subprocess.run(
         [RAY, "list", "actors", "--address", cluster.gcs_address, "--format", "json",
@@ -169,14 +156,13 @@ def alive_worker_pids(cluster) -> list[int]:
 
 
 def test_worker_killed_mid_run_job_finishes_with_uninterrupted_weights(ray_cluster, trained, tmp_path):  # noqa: F811
-    reference, _ = trained
+    reference, _, _ = trained
     run = tmp_path / "run"
     run.mkdir()
-    for sub in ("shards", "tokenizer"):  # same data: the fault run must not differ in anything else
-        shutil.copytree(reference / sub, run / sub)
-    cmd = [sys.executable, "-m", "magdi_dist.cli", "submit", "--address", ray_cluster.dashboard_url,
-           "--config", CONFIG, "--job", "train", "--env", "MAGDI_PAUSE_AFTER_FIRST_CHECKPOINT_S=60",
-           "--", "--workers", "2", *SMALL, f"train.output_dir={run}"]  # fmt: skip
+    shutil.copytree(reference / "shards", run / "shards")  # same data: the fault run differs in nothing else
+    cmd = [RAY, "job", "submit", "--address", ray_cluster.dashboard_url, "--working-dir", ".",
+           "--runtime-env", "ray_jobs/runtime_env.yaml", "--", "python", "tests/jobs/train_pausing.py", "60",
+           "--config", CONFIG, "--workers", "2", *SMALL, f"train.output_dir={run}"]  # fmt: skip
     log = tmp_path / "submit.log"
     with log.open("w") as fh:
         proc = subprocess.Popen(cmd, cwd=REPO, env=ray_cluster.env(), stdout=fh, stderr=subprocess.STDOUT)
@@ -194,7 +180,7 @@ def test_worker_killed_mid_run_job_finishes_with_uninterrupted_weights(ray_clust
         if proc.poll() is None:
             proc.kill()
     logs = log.read_text()
-    assert "resuming" in logs and "SUCCEEDED" in logs
+    assert "pausing 60.0s" in logs and "resuming" in logs and re.search(r"Job '\S+' succeeded", logs)
     got, want = export_tensors(run), export_tensors(reference)
     assert got.keys() == want.keys() and got
     for name in want:

@@ -113,7 +113,7 @@ def test_demo_quick_through_the_cli_then_rerun_skips(tmp_path):
 
 
 def test_study_against_an_mlflow_server(tmp_path):
-    from magdi_dist.study.runner import run_study
+    from magdi_dist.recipes.study import run_study
 
     with running_mlflow_server(tmp_path / "server") as url, mlflow_globals_restored():
         study = load_study(_study_file(tmp_path, tracking_uri=url, name="server-study"))

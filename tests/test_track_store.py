@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 from mlflow_server import fresh_sqlite_store, make_tiny_student, mlflow_globals_restored, running_mlflow_server
 
+from magdi_dist.study.curve import fit_scaling, plot_scaling
 from magdi_dist.track import (
     MetricsLogger,
     cell_run,
@@ -82,7 +83,9 @@ def test_study_layout_and_summary(tracking_uri, tmp_path):
             )
         rows.append({"cell": cell, "variant": "magdi", "params": np.int64(1000 * (i + 1)), "flops": 1e12 * (i + 1),
                      "eval_loss": 2.5 - i, "accuracy": 0.2 + i / 10})  # fmt: skip
-    fits = log_study_summary(parent, rows, tracking_uri=tracking_uri, rank=0)
+    fits = fit_scaling(rows)  # the study runner fits and plots; track only logs what it is handed
+    png = plot_scaling(rows, tmp_path / "study" / "curve.png", fits=fits)  # logged as scaling_curve.png
+    log_study_summary(parent, rows, fits=fits, plot=png, tracking_uri=tracking_uri, rank=0)
     finish_run(tracking_uri, parent, rank=0)
 
     client = client_for(tracking_uri)

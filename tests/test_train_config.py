@@ -119,7 +119,7 @@ def test_zero3_buckets_follow_the_model_hidden_size():
         (["ray_jobs/preprocess.py"], "configs/tiny.yaml", "train.nope=1", "train.nope: unknown key"),
         (["ray_jobs/train.py"], "configs/tiny.yaml", "train.nope=1", "train.nope: unknown key"),
         (["ray_jobs/scaling_study.py"], "configs/study_tiny.yaml", "nope=1", "nope: Extra inputs"),
-        (["-m", "magdi_dist.train"], "configs/tiny.yaml", "train.nope=1", "train.nope: unknown key"),
+        (["-m", "magdi_dist.launch.rank"], "configs/tiny.yaml", "train.nope=1", "train.nope: unknown key"),
         (["-m", "magdi_dist.cli", "preprocess"], "configs/tiny.yaml", "train.nope=1", "train.nope: unknown key"),
         (["-m", "magdi_dist.cli", "study"], "configs/study_tiny.yaml", "nope=1", "nope: Extra inputs"),
     ],

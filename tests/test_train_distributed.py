@@ -10,12 +10,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from launchers import deepspeed_launcher, losses, torchrun, train_records, write_config
 from safetensors.torch import load_file
-from test_train_helpers import deepspeed_launcher, losses, torchrun, train_records, write_config
 
 from magdi_dist.config import config_hash, load_config
+from magdi_dist.recipes.train import load, preflight
 from magdi_dist.train.checkpoint import CheckpointMismatch, latest_checkpoint
-from magdi_dist.train.launch import validate
 
 pytestmark = pytest.mark.slow
 STAGES = (0, 2, 3)
@@ -103,12 +103,12 @@ def test_resume_matches_uninterrupted_run_bitwise(resumed, stage_runs):
 def test_resume_refuses_a_different_config_or_world_size(resumed, work):
     _, cfg = work
     args = [f"train.output_dir={resumed}", "train.deepspeed=zero2"]
-    validate(cfg, args, resume=True, world_size=2)  # the same config passes
+    preflight(load(cfg, args), world_size=2, resume=True)  # the same config passes
     with pytest.raises(CheckpointMismatch, match="config hash"):
-        validate(cfg, [*args, "train.lr=0.01"], resume=True, world_size=2)
+        preflight(load(cfg, [*args, "train.lr=0.01"]), world_size=2, resume=True)
     with pytest.raises(CheckpointMismatch, match="world size 2"):
-        validate(cfg, args, resume=True, world_size=1)
-    validate(cfg, [*args, "train.lr=0.01"], resume=False, world_size=2)  # --no-resume starts over
+        preflight(load(cfg, args), world_size=1, resume=True)
+    preflight(load(cfg, [*args, "train.lr=0.01"]), world_size=2, resume=False)  # --no-resume starts over
 
 
 def test_zero3_export_loads_and_generates(stage_runs):

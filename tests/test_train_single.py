@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from launchers import REPO, SMALL, losses, single_process, write_config
 from safetensors.torch import load_file
-from test_train_helpers import REPO, SMALL, losses, single_process, write_config
 
 pytestmark = pytest.mark.slow
 

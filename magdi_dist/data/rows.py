@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from magdi_dist.data.encode import IGNORE_INDEX, encode_chain, node_parts
 from magdi_dist.data.pairs import make_pairs
 from magdi_dist.mag.schema import MAG
+from magdi_dist.mag.split import question_key
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ def rows_from_mags(mags: Sequence[MAG], tokenizer, cfg: RowConfig, feature_fn: F
 
         shared = {
             "mag_id": mag.id,
+            "question_key": question_key(mag.question),  # what the held-out split is keyed by
             "source_file": mag.source.file if mag.source else "",
             "source_record": mag.source.record if mag.source else -1,
             "node_features": feats.reshape(-1).tolist(),

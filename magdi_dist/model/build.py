@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+
+from magdi_dist.config import LoraSpec
 
 # Non-embedding parameter counts: tiny-1m 1.00M, tiny-5m 4.75M, tiny-20m 19.27M (see docs in the report
 # and tests). Embeddings are tied, so the total adds vocab_size * hidden_size once.
@@ -22,21 +23,6 @@ TINY_PRESETS: dict[str, dict[str, int]] = {
 }
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class LoraSpec(BaseModel):
-    """LoRA adapters (peft). Defaults are the reference MAGDi run's (r=16, alpha=32, q/v projections)."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-    r: int = Field(16, ge=1)
-    """Rank of the low-rank update."""
-    alpha: int = Field(32, ge=1)
-    """LoRA scaling numerator (the update is scaled by alpha / r)."""
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    """Dropout on the LoRA branch input."""
-    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
-    """Names of the linear modules that get adapters (Llama/Mistral naming by default)."""
 
 
 def tiny_config(spec: str | dict[str, Any], vocab_size: int, special_ids: dict[str, int | None]):

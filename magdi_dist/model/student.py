@@ -15,64 +15,14 @@ Graph features (``graph_features``):
 
 from __future__ import annotations
 
-from typing import Any, Literal
-
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from magdi_dist.model.build import LoraSpec, load_lm, unwrap_lm
+from magdi_dist.config import StudentConfig
+from magdi_dist.model.build import load_lm, unwrap_lm
 from magdi_dist.model.encoder import GraphEncoder
 from magdi_dist.model.forward import lm_forward
 from magdi_dist.model.losses import margin_ranking_loss, node_loss, ntp_loss, pool_hidden
-
-
-class StudentConfig(BaseModel):
-    """The student model and its training objective."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-    base: str | dict[str, Any] = "tiny-5m"
-    """Causal LM: a hub id (e.g. mistralai/Mistral-7B-Instruct-v0.2), a local directory, a tiny preset
-    (tiny-1m, tiny-5m, tiny-20m) or a dict of LlamaConfig fields (may name a preset to override)."""
-    seed: int = 0
-    """Initialisation seed of a tiny LM, the graph encoder and the scorer."""
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """dtype the LM weights are loaded in (the graph encoder and scorer stay float32)."""
-    trust_remote_code: bool = False
-    """Allow a hub model to run its own Python code. Off unless you trust the repository."""
-    lora: LoraSpec | None = None
-    """Train LoRA adapters instead of the full LM (the graph encoder and scorer are always trained)."""
-    gradient_checkpointing: bool = False
-    """Recompute decoder activations in the backward pass (less memory, ~30% more compute)."""
-    graph_features: Literal["frozen", "live"] = "frozen"
-    """frozen: node features from the base student, the node loss trains only the GCN (reference).
-    live: this batch's chains replace their nodes' features, so the node loss trains the LM too."""
-    live_extra_nodes: int = Field(0, ge=0)
-    """live only: run up to this many more nodes per graph through the LM (bounded extra compute)."""
-    live_node_max_tokens: int = Field(256, ge=1)
-    """live only: token budget of each extra node (collate truncates to it)."""
-    pooling: Literal["weighted_mean", "mean"] = "weighted_mean"
-    """Sequence embedding for the scorer and node features: position-weighted mean (reference) or mean."""
-    gcn_layers: int = Field(2, ge=1)
-    """GCN layers of the graph encoder (each adds one round of message passing)."""
-    gcn_hidden: int = Field(512, ge=1)
-    """Hidden size of the GCN layers."""
-    gcn_dropout: float = Field(0.5, ge=0.0, lt=1.0)
-    """Dropout after each GCN layer."""
-    scorer_hidden: int | None = None
-    """Hidden size of the scorer MLP (None: the LM hidden size, as the reference)."""
-    ntp_weight: float = Field(1.0, ge=0.0)
-    """Weight of the next-token loss on correct chains (alpha)."""
-    node_weight: float = Field(1.0, ge=0.0)
-    """Weight of the node-classification loss (beta)."""
-    margin_weight: float = Field(0.1, ge=0.0)
-    """Weight of the margin ranking loss between correct and incorrect chains (gamma)."""
-    margin: float = Field(1.0, ge=0.0)
-    """Margin of the ranking loss (scores are tanh outputs in [-1, 1])."""
-    answer_only_loss: bool = False
-    """NTP only on the final answer sentence ("The answer is X." + eos) instead of the whole chain.
-    The prompt is never a target. Applied when rows are built (RowConfig.answer_only_loss)."""
 
 
 class MAGDiStudent(nn.Module):

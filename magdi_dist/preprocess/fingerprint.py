@@ -10,18 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Any
 
-CHUNK = 1 << 20
+from magdi_dist.data.shards import sha256_file
 
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        while block := fh.read(CHUNK):
-            h.update(block)
-    return h.hexdigest()
+__all__ = ["environment_fingerprint", "model_fingerprint", "sha256_file", "sha256_json", "tokenizer_fingerprint",
+           "unit_key"]
 
 
 def sha256_json(obj: Any) -> str:

@@ -1,25 +1,32 @@
-"""Per-input completion records and the dataset manifest.
+"""Per-input completion records and the dataset manifest (the write side; ``data.shards`` reads it).
 
 ``units/<key>.json`` is written by the driver once every shard of one input file is in place; it is
 the "this input is done" marker that lets a re-run skip the file without parsing it. ``manifest.json``
 is derived from those records for the current inputs alone, in sorted input order, with no
 timestamps, so the same inputs and settings always give the same bytes (and an unchanged manifest is
-not even rewritten).
+not even rewritten). Every path in it is relative to the manifest's own folder when it lies inside
+that folder (shards, the synthetic inputs, a trained tokenizer), and as the config gave it otherwise:
+the manifest reads the same from every entry point and after the folder moves to another mount.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
+from magdi_dist.data.shards import MANIFEST, SHARD_SCHEMA_VERSION, load_manifest, manifest_path, verify_manifest
+from magdi_dist.mag.split import split_summary
 from magdi_dist.preprocess.shard_io import atomic_write_json
 
-SHARD_SCHEMA_VERSION = 1  # the Parquet row layout (docs/CONTRACTS.md "Example row")
+__all__ = ["MANIFEST", "SHARD_SCHEMA_VERSION", "build_manifest", "load_manifest", "load_unit_record",
+           "manifest_path", "relative_to", "unit_record", "unit_record_path", "verify_manifest",
+           "write_manifest"]
 
 # The output directory: manifest.json, shards/part-<unit>-<chunk>.parquet, rejects/<unit>.jsonl,
-# units/<unit>.json (one completion record per input), and the synthetic inputs under inputs/.
-MANIFEST = "manifest.json"
+# units/<unit>.json (one completion record per input), tokenizer/ (data.tokenizer=train) and the
+# synthetic inputs under inputs/.
 SHARDS, REJECTS, UNITS = "shards", "rejects", "units"
 
 
@@ -33,6 +40,14 @@ def rejects_name(unit: str) -> str:
 
 def unit_record_path(out_dir: Path, key: str) -> Path:
     return out_dir / UNITS / f"{key}.json"
+
+
+def relative_to(path: str | Path, folder: str | Path) -> str:
+    """``path`` relative to ``folder`` (posix) when it lies inside it, else unchanged."""
+    try:
+        return Path(os.path.abspath(path)).relative_to(os.path.abspath(folder)).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def load_unit_record(out_dir: Path, key: str) -> dict | None:
@@ -66,15 +81,22 @@ def unit_record(key: str, name: str, sha256: str, summaries: list[dict]) -> dict
         "mags": first["n_mags"],
         "rejected": first["n_rejected"],
         "rejects_file": f"{REJECTS}/{rejects_name(key)}" if first["n_rejected"] else None,
+        "questions": sorted({q for s in summaries for q in s["questions"]}),
         "shards": [{k: s[k] for k in ("name", "rows", "bytes", "sha256")} for s in summaries],
     }
 
 
-def build_manifest(header: dict[str, Any], inputs: list[tuple[str, dict]]) -> dict[str, Any]:
-    """``inputs``: (path as given, unit record) in input order."""
-    entries = [{"path": path, **record} for path, record in inputs]
+def build_manifest(header: dict[str, Any], inputs: list[tuple[str, dict]], *, out_dir: str | Path,
+                   split: dict[str, Any], tokenizer: str) -> dict[str, Any]:
+    """``inputs``: (path as given, unit record) in input order. ``split``: eval_fraction and seed
+    (``data``'s); the held-out questions are derived here from every input's question keys."""
+    entries = []
+    for path, record in inputs:
+        entry = {"path": relative_to(path, out_dir), **record}
+        entry["questions"] = len(record["questions"])  # the keys themselves stay in units/
+        entries.append(entry)
     shards = [
-        {**shard, "file": f"{SHARDS}/{shard['name']}", "input": path}
+        {**shard, "file": f"{SHARDS}/{shard['name']}", "input": relative_to(path, out_dir)}
         for path, record in inputs
         for shard in record["shards"]
     ]
@@ -88,45 +110,13 @@ def build_manifest(header: dict[str, Any], inputs: list[tuple[str, dict]]) -> di
     }
     # Nothing is dropped silently: every record read is a MAG or a reject.
     assert totals["records_in"] == totals["mags"] + totals["rejected"], totals
-    return {"shard_schema_version": SHARD_SCHEMA_VERSION, **header, "inputs": entries, "shards": shards,
-            "totals": totals}
+    keys = [q for _, record in inputs for q in record["questions"]]
+    return {"shard_schema_version": SHARD_SCHEMA_VERSION, **header,
+            "tokenizer": relative_to(tokenizer, out_dir),
+            "split": split_summary(keys, split["eval_fraction"], split["seed"]),
+            "inputs": entries, "shards": shards, "totals": totals}
 
 
 def write_manifest(out_dir: Path, manifest: dict) -> bool:
     """True when the manifest changed (and was rewritten atomically)."""
     return atomic_write_json(out_dir / MANIFEST, manifest)
-
-
-def manifest_path(path: str | Path) -> Path:
-    """``manifest.json`` itself, or the directory holding it."""
-    path = Path(path)
-    return path if path.name == MANIFEST else path / MANIFEST
-
-
-def load_manifest(path: str | Path) -> dict:
-    file = manifest_path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"no manifest at {file}: run `magdi-dist preprocess` first")
-    manifest = json.loads(file.read_text())
-    if manifest.get("shard_schema_version") != SHARD_SCHEMA_VERSION:
-        raise ValueError(
-            f"{file}: shard schema version {manifest.get('shard_schema_version')}, this code reads "
-            f"{SHARD_SCHEMA_VERSION}; re-run preprocessing"
-        )
-    return manifest
-
-
-def verify_manifest(path: str | Path) -> list[str]:
-    """Problems found by re-hashing every shard against the manifest (empty list: all good)."""
-    from magdi_dist.preprocess.fingerprint import sha256_file
-
-    file = manifest_path(path)
-    manifest = load_manifest(file)
-    problems = []
-    for shard in manifest["shards"]:
-        shard_file = file.parent / shard["file"]
-        if not shard_file.is_file():
-            problems.append(f"missing shard {shard['file']}")
-        elif sha256_file(shard_file) != shard["sha256"]:
-            problems.append(f"hash mismatch in {shard['file']}")
-    return problems

@@ -18,19 +18,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from magdi_dist.config import PreprocessConfig
 from magdi_dist.preprocess import fingerprint as fp
 from magdi_dist.preprocess.featurize import FeatureSpec, feature_dim, load_feature_model, load_tokenizer
+from magdi_dist.preprocess.inputs import PIPELINE_VERSION, content_fields, expand_inputs
 from magdi_dist.preprocess.manifest import (
     SHARD_SCHEMA_VERSION,
     build_manifest,
     load_unit_record,
     manifest_path,
+    relative_to,
     unit_record,
     unit_record_path,
     write_manifest,
 )
 from magdi_dist.preprocess.session import ray_session
-from magdi_dist.preprocess.settings import PIPELINE_VERSION, PreprocessSettings, expand_inputs
 from magdi_dist.preprocess.shard_io import atomic_write_json, remove_stale_tmp
 from magdi_dist.preprocess.stages import ShardBuilder, parse_unit
 
@@ -47,6 +49,7 @@ class PreprocessReport:
     processed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     totals: dict[str, int] = field(default_factory=dict)
+    split: dict[str, Any] = field(default_factory=dict)
     manifest_changed: bool = False
     seconds: float = 0.0
 
@@ -56,15 +59,16 @@ class PreprocessReport:
         return (
             f"preprocess: {what}, {len(self.skipped)} up to date; {t['inputs']} inputs, {t['records_in']} "
             f"records -> {t['mags']} MAGs + {t['rejected']} rejected -> {t['rows']} rows in {t['shards']} "
-            f"shards; manifest {'written' if self.manifest_changed else 'unchanged'} ({self.manifest}) "
+            f"shards; {self.split.get('questions')} questions, {self.split.get('heldout_questions')} held out; "
+            f"manifest {'written' if self.manifest_changed else 'unchanged'} ({self.manifest}) "
             f"in {self.seconds:.1f}s"
         )
 
 
-def detect_device(settings: PreprocessSettings) -> str:
+def detect_device(settings: dict[str, Any]) -> str:
     """'cuda' when feature actors get a GPU. Connected to a cluster, its GPUs decide, not the driver's."""
-    if settings.num_gpus is not None:
-        return "cuda" if settings.num_gpus > 0 else "cpu"
+    if settings["num_gpus"] is not None:
+        return "cuda" if settings["num_gpus"] > 0 else "cpu"
     import ray
 
     if ray.is_initialized():
@@ -74,7 +78,7 @@ def detect_device(settings: PreprocessSettings) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def header(settings: PreprocessSettings, spec: FeatureSpec, device: str) -> dict[str, Any]:
+def header(settings: dict[str, Any], spec: FeatureSpec, device: str) -> dict[str, Any]:
     """Everything that shapes the shards, hashed into the pipeline fingerprint."""
     from magdi_dist.mag.schema import SCHEMA_VERSION
 
@@ -87,7 +91,7 @@ def header(settings: PreprocessSettings, spec: FeatureSpec, device: str) -> dict
         "device": device,
     }
     # The spec's paths and model identity are covered by the tokenizer and weight hashes above.
-    content = {"preprocess": settings.content_fields(),
+    content = {"preprocess": content_fields(settings),
                "features": spec.model_dump(include={"features", "pooling", "rows"})}
     versions = {"pipeline": PIPELINE_VERSION, "mag_schema": SCHEMA_VERSION, "shard_schema": SHARD_SCHEMA_VERSION}
     return {
@@ -96,39 +100,48 @@ def header(settings: PreprocessSettings, spec: FeatureSpec, device: str) -> dict
         "fingerprint": fp.sha256_json({"versions": versions, "content": content, **prints}),
         "fingerprints": prints,
         "feature_dim": feature_dim(model),
-        "config": {"preprocess": {"inputs": settings.inputs, **settings.content_fields()},
-                   "features": spec.model_dump()},
+        # Paths inside the output folder are written relative to it (see manifest.py).
+        "config": {"preprocess": {"inputs": [relative_to(i, settings["out_dir"]) for i in settings["inputs"]],
+                                  **content_fields(settings)},
+                   "features": {**spec.model_dump(), "tokenizer": relative_to(spec.tokenizer, settings["out_dir"])}},
     }
 
 
 def _run_local(units, settings, spec, device) -> Iterable[dict]:
-    """The same stages in this process, one after the other (tests, benchmark baseline, no Ray)."""
-    s = settings.model_dump()
-    builder = ShardBuilder(spec.model_dump(), s, device)
-    for unit in units:
-        for row in parse_unit(unit, settings=s):
-            yield builder.build(row)
+    """The same stages in this process, one after the other (``magdi-dist train``'s driver, tests, the
+    benchmark baseline). The builder sets torch's thread count (part of the fingerprint); the caller's
+    is restored, since this process may go on to train."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        builder = ShardBuilder(spec.model_dump(), settings, device)
+        for unit in units:
+            for row in parse_unit(unit, settings=settings):
+                yield builder.build(row)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _run_ray(units, settings, spec, device) -> Iterable[dict]:
     """parse (tasks) -> features, rows, write (actor pool), summaries streamed back shard by shard."""
     import ray
 
-    s = settings.model_dump()
-    gpus = settings.num_gpus if settings.num_gpus is not None else (1 if device == "cuda" else 0)
+    s = settings
+    gpus = s["num_gpus"] if s["num_gpus"] is not None else (1 if device == "cuda" else 0)
     ds = ray.data.from_items(units, override_num_blocks=len(units))  # one block per input file
     ds = ds.flat_map(parse_unit, fn_kwargs={"settings": s})
     # A file's shards leave parse_unit as one block, and an actor takes a whole block: without this a
     # single big teacher file would be featurised by one actor while the others idle. Streaming
     # repartition gives every actor call its own block of ``batch_size`` shards.
-    ds = ds.repartition(target_num_rows_per_block=settings.batch_size)
+    ds = ds.repartition(target_num_rows_per_block=s["batch_size"])
     ds = ds.map_batches(
         ShardBuilder,
         fn_constructor_kwargs={"spec": spec.model_dump(), "settings": s, "device": device},
-        batch_size=settings.batch_size,
+        batch_size=s["batch_size"],
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=settings.concurrency),
-        num_cpus=settings.actor_num_cpus,
+        compute=ray.data.ActorPoolStrategy(size=s["concurrency"]),
+        num_cpus=s["actor_num_cpus"],
         num_gpus=gpus,
     )
     yield from ds.iter_rows()
@@ -138,14 +151,19 @@ ENGINES = {"ray": _run_ray, "local": _run_local}
 
 
 def run_preprocess(
-    settings: PreprocessSettings,
+    pre: PreprocessConfig,
     spec: FeatureSpec,
     *,
+    format: str | None = None,
+    task: str | None = None,
+    split: dict[str, Any] | None = None,
     engine: str = "ray",
     address: str | None = None,
     log: Log = print_log,
 ) -> PreprocessReport:
-    """Bring ``settings.out_dir`` up to date with the inputs; return what was done.
+    """Bring ``pre.out_dir`` up to date with ``pre.inputs`` (both set: ``prepare_data`` resolves them
+    from a run config); return what was done. ``format``/``task`` are the reader's (``data``'s);
+    ``split`` ({"eval_fraction", "seed"}, default 0.1 and 0) is recorded in the manifest.
 
     ``engine="ray"`` uses the Ray this process is connected to, or the cluster at ``address`` /
     ``RAY_ADDRESS``; without either it starts an embedded local Ray, and only when some input needs
@@ -153,21 +171,26 @@ def run_preprocess(
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; expected one of {sorted(ENGINES)}")
+    if not pre.inputs or not pre.out_dir:
+        raise ValueError("run_preprocess needs preprocess.inputs and preprocess.out_dir set")
+    settings = {**pre.model_dump(), "format": format, "task": task}
+    split = split or {"eval_fraction": 0.1, "seed": 0}
     with ExitStack() as stack:
         if engine == "ray" and (address or os.environ.get("RAY_ADDRESS")):
             stack.enter_context(ray_session(address))  # a cluster's GPUs decide the feature device
-        return _run(settings, spec, engine, stack, log)
+        return _run(settings, spec, split, engine, stack, log)
 
 
-def _run(settings: PreprocessSettings, spec: FeatureSpec, engine: str, stack: ExitStack, log: Log):
+def _run(settings: dict[str, Any], spec: FeatureSpec, split: dict[str, Any], engine: str, stack: ExitStack,
+         log: Log):
     import ray
 
     start = time.perf_counter()
-    out_dir = Path(settings.out_dir)
+    out_dir = Path(settings["out_dir"])
     device = detect_device(settings)
     head = header(settings, spec, device)
     inputs = []
-    for path in expand_inputs(settings.inputs):
+    for path in expand_inputs(settings["inputs"]):
         sha = fp.sha256_file(path)
         inputs.append((str(path), path.name, sha, fp.unit_key(sha, path.name, head["fingerprint"])))
     report = PreprocessReport(manifest=manifest_path(out_dir))
@@ -185,7 +208,7 @@ def _run(settings: PreprocessSettings, spec: FeatureSpec, engine: str, stack: Ex
         remove_stale_tmp(out_dir)
         if engine == "ray" and not ray.is_initialized():
             # Room for the actor pool plus the parse tasks, or the tasks would wait behind the actors.
-            cpus = max(os.cpu_count() or 1, math.ceil(settings.concurrency * settings.actor_num_cpus) + 1)
+            cpus = max(os.cpu_count() or 1, math.ceil(settings["concurrency"] * settings["actor_num_cpus"]) + 1)
             stack.enter_context(ray_session(num_cpus=cpus))
         got: dict[str, list[dict]] = defaultdict(list)
         for summary in ENGINES[engine](list(pending.values()), settings, spec, device):
@@ -204,9 +227,11 @@ def _run(settings: PreprocessSettings, spec: FeatureSpec, engine: str, stack: Ex
         missing = [pending[k]["path"] for k in pending if k not in records]
         if missing:
             raise RuntimeError(f"preprocessing returned no shards for {missing}")
-    manifest = build_manifest(head, [(path, records[key]) for path, _, _, key in inputs])
+    manifest = build_manifest(head, [(path, records[key]) for path, _, _, key in inputs], out_dir=out_dir,
+                              split=split, tokenizer=spec.tokenizer)
     report.manifest_changed = write_manifest(out_dir, manifest)
     report.totals = manifest["totals"]
+    report.split = {k: v for k, v in manifest["split"].items() if k != "heldout"}
     report.seconds = time.perf_counter() - start
     log(report.line())
     return report

@@ -19,12 +19,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from magdi_dist.preprocess.fingerprint import sha256_file
+from magdi_dist.data.shards import sha256_file
 
 # One Parquet row == one training example ("Example row" in docs/CONTRACTS.md).
 ROW_SCHEMA = pa.schema(
     [
         ("mag_id", pa.string()),
+        ("question_key", pa.string()),
         ("source_file", pa.string()),
         ("source_record", pa.int64()),
         ("pair_index", pa.int64()),
@@ -148,7 +149,3 @@ def shard_summary(path: str | Path) -> dict:
         "bytes": path.stat().st_size,
         "sha256": sha256_file(path),
     }
-
-
-def read_shard(path: str | Path) -> pa.Table:
-    return pq.read_table(path)

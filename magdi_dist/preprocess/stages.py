@@ -33,7 +33,6 @@ from magdi_dist.preprocess.featurize import (
     load_tokenizer,
 )
 from magdi_dist.preprocess.manifest import REJECTS, SHARDS, rejects_name, shard_name
-from magdi_dist.preprocess.settings import PreprocessSettings
 from magdi_dist.preprocess.shard_io import atomic_write_jsonl, shard_summary, sort_rows, write_shard
 
 # What the builder hands back per shard. Fixed, so summaries of every shard stack into one block.
@@ -50,6 +49,7 @@ SUMMARY_SCHEMA = pa.schema(
         ("rows", pa.int64()),
         ("bytes", pa.int64()),
         ("sha256", pa.string()),
+        ("questions", pa.list_(pa.string())),
     ]
 )
 
@@ -65,20 +65,22 @@ def _renamed(mag: MAG, name: str) -> MAG:
 def parse_unit(unit: dict[str, Any], *, settings: dict[str, Any]) -> list[dict[str, Any]]:
     """One input file -> its shard rows (``flat_map``). Shards already on disk travel as empty rows
     marked ``existing`` (the writer only re-reads their summary): a re-run after a crash redoes only
-    the shards that never got renamed into place."""
+    the shards that never got renamed into place. ``settings``: the ``preprocess`` section's fields
+    plus the reader's ``format`` and ``task``."""
     from magdi_dist.mag.readers import iter_items
+    from magdi_dist.mag.split import question_key
 
-    cfg = PreprocessSettings(**settings)
+    per_shard = settings["records_per_shard"]
     out_dir, name, key = Path(unit["out_dir"]), unit["name"], unit["unit"]
     mags: list[MAG] = []
     rejects: list[dict] = []
     records_in = 0
-    for item in iter_items(unit["path"], format=cfg.format, task=cfg.task):
+    for item in iter_items(unit["path"], format=settings["format"], task=settings["task"]):
         records_in += 1
         if isinstance(item, MAG):
             mags.append(_renamed(item, name))
             continue
-        if cfg.strict:
+        if settings["strict"]:
             raise item.error
         entry = item.as_dict()
         entry["file"] = name
@@ -86,12 +88,12 @@ def parse_unit(unit: dict[str, Any], *, settings: dict[str, Any]) -> list[dict[s
     if rejects:
         atomic_write_jsonl(out_dir / REJECTS / rejects_name(key), rejects)
     # Every input gets at least one shard (maybe empty), so every input reports back to the driver.
-    n_chunks = max(1, math.ceil(len(mags) / cfg.records_per_shard))
+    n_chunks = max(1, math.ceil(len(mags) / per_shard))
     rows = []
     for c in range(n_chunks):
         shard = shard_name(key, c)
         existing = (out_dir / SHARDS / shard).is_file()
-        part = [] if existing else mags[c * cfg.records_per_shard : (c + 1) * cfg.records_per_shard]
+        chunk = mags[c * per_shard : (c + 1) * per_shard]
         rows.append({
             "unit": key,
             "out_dir": str(out_dir),
@@ -102,7 +104,9 @@ def parse_unit(unit: dict[str, Any], *, settings: dict[str, Any]) -> list[dict[s
             "n_mags": len(mags),
             "n_rejected": len(rejects),
             "existing": existing,
-            "mags": [m.model_dump_json() for m in part],
+            # The split is over every question, including those whose MAGs give no row.
+            "questions": sorted({question_key(m.question) for m in chunk}),
+            "mags": [] if existing else [m.model_dump_json() for m in chunk],
         })
     return rows
 
@@ -113,17 +117,17 @@ class ShardBuilder:
     def __init__(self, spec: dict[str, Any], settings: dict[str, Any], device: str = "cpu") -> None:
         import torch
 
-        self.cfg = PreprocessSettings(**settings)
+        self.settings = settings
         self.spec = FeatureSpec(**spec)
         # Part of the fingerprint: the same thread count in every actor and every run.
-        torch.set_num_threads(self.cfg.torch_threads)
+        torch.set_num_threads(settings["torch_threads"])
         if device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("the pipeline was planned for GPU features but this actor sees no GPU")
         # Features and rows tokenize the same node texts (and every node repeats its question):
         # one memo, cleared per shard, serves both.
         self.tokenizer = MemoTokenizer(load_tokenizer(self.spec.tokenizer))
         model = load_feature_model(self.spec, device)
-        self.extract = feature_extractor(self.spec, model, self.tokenizer, batch_size=self.cfg.feature_batch_size,
+        self.extract = feature_extractor(self.spec, model, self.tokenizer, batch_size=settings["feature_batch_size"],
                                          device=device)
         self.node_ids = self.spec.rows.get("node_max_tokens", 0) > 0
 
@@ -139,8 +143,9 @@ class ShardBuilder:
             # The completed grid: the node set the rows and the graph use (missing nodes included).
             mags = [ready_mag(MAG.model_validate_json(text)) for text in row["mags"]]
             rows = build_rows(mags, self.extract(mags), self.tokenizer, self.spec)
-            summary = write_shard(path, sort_rows(rows), self.cfg.row_group_rows, node_ids=self.node_ids)
-        keep = ("unit", "chunk", "n_chunks", "records_in", "n_mags", "n_rejected", "existing")
+            summary = write_shard(path, sort_rows(rows), self.settings["row_group_rows"],
+                                  node_ids=self.node_ids)
+        keep = ("unit", "chunk", "n_chunks", "records_in", "n_mags", "n_rejected", "existing", "questions")
         return {**{k: row[k] for k in keep}, **summary}
 
     def __call__(self, batch: pa.Table) -> pa.Table:

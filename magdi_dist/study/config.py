@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from magdi_dist.config import ConfigError, MAGDiConfig, load_config
+from magdi_dist.config import ConfigError, MAGDiConfig, durable_path, load_config
 
 
 class _Section(BaseModel):
@@ -105,9 +105,12 @@ class StudyConfig(_Section):
             raise ConfigError(f"study {self.name}, cell {cell}: {err}") from None
 
 
-def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> StudyConfig:
-    """Read a study YAML; ``base_config`` and ``output_dir`` resolve against the study file's folder
-    (base) and the working directory (output), so a study runs the same from any shell."""
+def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
+               storage: str | None = None) -> StudyConfig:
+    """Read a study YAML; ``base_config`` resolves against the study file's folder and a relative
+    ``output_dir`` against the storage root (``storage``, ``$MAGDI_STORAGE``, else the working
+    directory; ``config.durable_path``), so a study runs the same from any shell and a submitted job's
+    outputs outlive Ray's copy of the working dir."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"study config not found: {path}")
@@ -134,6 +137,7 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         raise ConfigError(f"{path}: " + "; ".join(lines)) from None
     if not Path(study.base_config).is_file():
         raise ConfigError(f"{path}: base_config: file not found: {study.base_config}")
+    study = study.model_copy(update={"output_dir": durable_path(study.output_dir, storage, key="output_dir")})
     for _, size, variant in study.cells():  # every cell must resolve before anything starts
         study.cell_config(size, variant)
     return study

@@ -1,12 +1,14 @@
 """Scaling-study summary on the parent run: the curve plot and the power-law fit as artifacts.
 
-The fitting and plotting live in :mod:`magdi_dist.study.curve` (no MLflow there); this module only
-files the results, so the study code can also produce them without a tracking store.
+The fitting and plotting live in :mod:`magdi_dist.study.curve` (no MLflow there), and the study
+runner computes them and writes them into its output folder; this module only files the results it
+is handed. ``track`` sits below ``study`` and never imports it.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -27,34 +29,28 @@ def log_study_summary(
     parent_run_id: str | None,
     rows: Iterable[Mapping[str, Any]],
     *,
+    fits: Mapping[str, Any],
+    plot: str | Path,
     tracking_uri: str,
     rank: int,
-    offset: bool = False,
-    title: str | None = None,
-    keep_dir: str | Path | None = None,
-) -> dict[str, Any] | None:
-    """Fit, plot and log ``scaling_curve.png``, ``scaling_fit.json`` and ``scaling_rows.json``.
+) -> None:
+    """Log ``scaling_curve.png``, ``scaling_fit.json`` and ``scaling_rows.json`` on the parent run.
 
-    Returns the fit summary (also on failure-to-fit: it then carries messages, see ``fit_scaling``);
-    None on ranks other than 0. ``keep_dir`` keeps the files there too (a study's output folder), so
-    a user can open the plot without going through the tracking server.
+    ``fits`` is the already computed fit summary (``study.curve.fit_scaling``), ``plot`` the already
+    written PNG (``study.curve.plot_scaling``; logged as ``scaling_curve.png`` whatever its file
+    name), ``rows`` the study rows they were computed from. A no-op on ranks other than 0.
     """
     if rank != 0 or parent_run_id is None:
-        return None
-    # Imported here: study code imports track, so a module-level import back would be a cycle.
-    from magdi_dist.study.curve import fit_scaling, plot_scaling
-
-    # Rows may carry numpy scalars (np.int64 is not JSON-serialisable); make them plain first.
+        return
+    # Rows and fits may carry numpy scalars (np.int64 is not JSON-serialisable); make them plain first.
     rows = json.loads(json.dumps([dict(r) for r in rows], default=_plain))
-    fits = fit_scaling(rows, offset=offset)
+    fits = json.loads(json.dumps(dict(fits), default=_plain))
     client = client_for(tracking_uri)
-    with tempfile.TemporaryDirectory(prefix="magdi-summary-") as tmp:
-        folder = Path(keep_dir) if keep_dir is not None else Path(tmp)
-        folder.mkdir(parents=True, exist_ok=True)
-        png = plot_scaling(rows, folder / PLOT_ARTIFACT, fits=fits, title=title or "scaling study")
-        client.log_artifact(parent_run_id, str(png))
-        if keep_dir is not None:
-            (folder / FIT_ARTIFACT).write_text(json.dumps(fits, indent=2, default=_plain))
+    plot = Path(plot)
+    if plot.name == PLOT_ARTIFACT:
+        client.log_artifact(parent_run_id, str(plot))
+    else:  # the artifact name is the file name: log a copy under the fixed one
+        with tempfile.TemporaryDirectory(prefix="magdi-summary-") as tmp:
+            client.log_artifact(parent_run_id, str(shutil.copyfile(plot, Path(tmp) / PLOT_ARTIFACT)))
     client.log_dict(parent_run_id, fits, FIT_ARTIFACT)
     client.log_dict(parent_run_id, {"rows": rows}, ROWS_ARTIFACT)
-    return fits

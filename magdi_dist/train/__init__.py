@@ -1,16 +1,16 @@
-"""Distributed training of the MAGDi student with DeepSpeed ZeRO.
+"""The per-rank training step and loop with DeepSpeed ZeRO.
 
-``train(cfg, resume=True, metrics_callback=None, data=None) -> TrainResult`` runs on every rank and
-needs only the torch.distributed env vars (plain python, torchrun, the deepspeed launcher, Ray Train).
-``data`` is a ``TrainData`` of ready rows (e.g. from Parquet shards); without it rows are built from
-the config's MAG files or the synthetic generator.
+``train(cfg, data, resume=True, metrics_callback=None, on_checkpoint=None) -> TrainResult`` runs on
+every rank and needs only the torch.distributed env vars (plain python, torchrun, the deepspeed
+launcher, Ray Train). ``data`` is ``magdi_dist.data.shards.load_train_data(manifest)``: the launchers
+in ``magdi_dist.launch`` prepare the shards first, so rows reach the loop one way only.
 
 Submodules import torch/DeepSpeed; this file stays import-light (names resolve lazily).
 """
 
 from __future__ import annotations
 
-_EXPORTS = {"TrainResult": "loop", "train": "loop", "TrainData": "data"}
+_EXPORTS = {"TrainResult": "loop", "train": "loop"}
 __all__ = sorted(_EXPORTS)
 
 

@@ -12,6 +12,7 @@ import math
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,8 +20,8 @@ import numpy as np
 import torch
 
 from magdi_dist.config import MAGDiConfig, config_hash
+from magdi_dist.data.shards import TrainData
 from magdi_dist.train import checkpoint
-from magdi_dist.train.data import TrainData, build_train_data, tokenizer_for
 from magdi_dist.train.dist import DistInfo, barrier, init_distributed
 from magdi_dist.train.metrics import (
     MetricsCallback,
@@ -32,6 +33,10 @@ from magdi_dist.train.metrics import (
 from magdi_dist.train.sampler import LengthGroupedSampler
 
 log = logging.getLogger("magdi_dist.train")
+
+# Called on every rank after each checkpoint is complete: (checkpoint dir, trainer state). Ray Train's
+# launcher reports checkpoints through it; any launcher may add its own (e.g. a copy to object storage).
+CheckpointCallback = Callable[[Path, dict], None]
 
 
 @dataclass
@@ -119,11 +124,24 @@ def _grad_norm_stage0(engine) -> float:
     return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
 
 
-def train(cfg: MAGDiConfig, *, resume: bool = True, metrics_callback: MetricsCallback | None = None,
-          data: TrainData | None = None) -> TrainResult:
-    """Train on this rank. ``data`` (rows from elsewhere, e.g. Parquet shards) skips the MAG -> row
-    build; the tokenizer then comes from data.tokenizer (a directory or hub id)."""
+def _check_split(cfg: MAGDiConfig, data: TrainData) -> None:
+    """The rows' held-out split must be the one this config asks for (a manifest from another run's
+    preparation would silently evaluate on other questions)."""
+    if data.split is None:
+        return
+    want = (cfg.data.eval_fraction, cfg.data.split_seed)
+    got = (data.split["eval_fraction"], data.split["seed"])
+    if got != want:
+        raise ValueError(f"the shards hold out questions with (eval_fraction, seed) = {got}, this config asks "
+                         f"for {want}: prepare the data with this config first (magdi-dist preprocess)")
+
+
+def train(cfg: MAGDiConfig, data: TrainData, *, resume: bool = True,
+          metrics_callback: MetricsCallback | None = None,
+          on_checkpoint: CheckpointCallback | None = None) -> TrainResult:
+    """Train on this rank, on ``data`` (``data.shards.load_train_data`` of the prepared manifest)."""
     from tqdm.auto import tqdm
+    from transformers import AutoTokenizer
 
     from magdi_dist.model import MAGDiStudent
     from magdi_dist.train.engine import initialize
@@ -141,16 +159,12 @@ def train(cfg: MAGDiConfig, *, resume: bool = True, metrics_callback: MetricsCal
         checkpoint.clear(out, info.rank)
     resume_state = checkpoint.check_resumable(out, cfg_hash, info.world_size) if resume else None
 
-    def factory(tokenizer):
-        return MAGDiStudent(cfg.model, tokenizer=tokenizer)
-
+    _check_split(cfg, data)
     t0 = time.perf_counter()
-    if data is None:
-        data, tokenizer, student = build_train_data(cfg, info, factory)
-    else:
-        tokenizer = tokenizer_for(cfg, [], info)
-        student = factory(tokenizer)
-    log.info("rows and student ready in %.1fs", time.perf_counter() - t0)
+    tokenizer = AutoTokenizer.from_pretrained(data.tokenizer)
+    student = MAGDiStudent(cfg.model, tokenizer=tokenizer)
+    log.info("student ready in %.1fs (%d training rows, %d held-out rows, data %s)", time.perf_counter() - t0,
+             len(data.train), len(data.eval), data.fingerprint[:12])
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     sampler = LengthGroupedSampler(data.lengths(), t.micro_batch_size, info.world_size, info.rank,
                                    seed=t.seed, group=t.length_grouping)
@@ -186,6 +200,8 @@ def train(cfg: MAGDiConfig, *, resume: bool = True, metrics_callback: MetricsCal
         t_save = time.perf_counter()
         result.checkpoint = checkpoint.save(engine, out, step, state, info.rank, t.keep_last_k)
         log.info("checkpoint %s saved in %.1fs", result.checkpoint.name, time.perf_counter() - t_save)
+        if on_checkpoint is not None:
+            on_checkpoint(result.checkpoint, state)
 
     def run_eval() -> None:
         ev = evaluate(engine, cfg, data.eval, pad_id, info) if data.eval else None

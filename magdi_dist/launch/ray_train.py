@@ -23,57 +23,39 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from magdi_dist.config import MAGDiConfig
 from magdi_dist.preprocess.pipeline import Log, print_log
 
+if TYPE_CHECKING:  # the loop imports torch and DeepSpeed; the driver only needs the type
+    from magdi_dist.train.loop import CheckpointCallback
+
 log = logging.getLogger(__name__)
 
-# Test hook: the run sleeps this long after its first checkpoint of a fresh start (0: off), so a fault
-# test can kill a worker at a known point instead of racing a run that may already have finished.
-PAUSE_ENV = "MAGDI_PAUSE_AFTER_FIRST_CHECKPOINT_S"
 
-
-@contextmanager
-def reporting_checkpoints(resumed: bool) -> Iterator[None]:
-    """Report every checkpoint the loop completes to Ray Train, from every rank.
+def report_to_ray(then: CheckpointCallback | None = None) -> CheckpointCallback:
+    """The loop's ``on_checkpoint``: report each complete checkpoint to Ray Train, in place, from every
+    rank, then call ``then`` (a user's callback) if given.
 
     ``checkpoint.save`` is collective and returns on all ranks once the directory is complete (rank 0
-    writes COMPLETE before returning; ``ray.train.report`` is itself a barrier), so wrapping it keeps
-    the loop free of Ray and every rank reports the same number of times, as Ray Train requires.
+    writes COMPLETE before returning; ``ray.train.report`` is itself a barrier), so every rank reports
+    the same number of times, as Ray Train requires.
     """
     import ray.train
     from ray.train import Checkpoint, CheckpointUploadMode
 
-    from magdi_dist.train import checkpoint as ckpt
-
-    save = ckpt.save
-    first = [not resumed]
-
-    def save_and_report(engine, output_dir, step, state, rank, keep_last_k):
-        path = save(engine, output_dir, step, state, rank, keep_last_k)
+    def on_checkpoint(path: Path, state: dict) -> None:
         ray.train.report(
-            {"step": step, "data_position": state["data_position"]},
+            {"step": state["step"], "data_position": state["data_position"]},
             checkpoint=Checkpoint.from_directory(str(path)),
             checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD,
         )
-        pause = float(os.environ.get(PAUSE_ENV, "0"))
-        if first[0] and pause > 0:
-            import time
+        if then is not None:
+            then(path, state)
 
-            time.sleep(pause)
-        first[0] = False
-        return path
-
-    ckpt.save = save_and_report
-    try:
-        yield
-    finally:
-        ckpt.save = save
+    return on_checkpoint
 
 
 def _mlflow_callback(tracking: dict | None, rank: int):
@@ -90,7 +72,7 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any]:
     """What every Ray Train worker runs: shard rows in, the loop, a summary out (rank 0's is kept)."""
     import ray.train
 
-    from magdi_dist.launch.shards import train_data_from_shards
+    from magdi_dist.data.shards import load_train_data
     from magdi_dist.train import checkpoint
     from magdi_dist.train.loop import train
 
@@ -101,16 +83,15 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any]:
     print(f"[launch] rank {ctx.get_world_rank()}/{ctx.get_world_size()} pid {os.getpid()}; "
           f"{'resuming' if resumed else 'starting'} (Ray's last checkpoint: "
           f"{previous.path if previous else None})", flush=True)
-    data = train_data_from_shards(cfg, config["manifest"])
-    with reporting_checkpoints(resumed):
-        logger = _mlflow_callback(config.get("tracking"), ctx.get_world_rank())
-        try:
-            # A restart after a failure always resumes, whatever the first attempt was told.
-            result = train(cfg, resume=config["resume"] or previous is not None, data=data,
-                           metrics_callback=logger)
-        finally:
-            if logger is not None:
-                logger.close()  # flush the buffered steps, also when training fails
+    data = load_train_data(config["manifest"])
+    logger = _mlflow_callback(config.get("tracking"), ctx.get_world_rank())
+    try:
+        # A restart after a failure always resumes, whatever the first attempt was told.
+        result = train(cfg, data, resume=config["resume"] or previous is not None, metrics_callback=logger,
+                       on_checkpoint=report_to_ray(config.get("on_checkpoint")))
+    finally:
+        if logger is not None:
+            logger.close()  # flush the buffered steps, also when training fails
     return {
         "step": result.step,
         "total_steps": result.total_steps,
@@ -136,22 +117,28 @@ def train_on_ray(
     address: str | None = None,
     log: Log = print_log,
     tracking: dict[str, str] | None = None,
+    storage: str | None = None,
+    on_checkpoint: CheckpointCallback | None = None,
 ) -> dict[str, Any]:
     """Preprocess what is missing, then train with ``num_workers`` Ray Train workers; returns rank
     0's summary (final step, checkpoint, export dir). Without ``address`` (or ``RAY_ADDRESS``, set for a
     submitted job) an embedded local Ray is started and shut down again. ``tracking`` ({"uri", "run_id"})
-    sends rank 0's per-step metrics to that MLflow run."""
+    sends rank 0's per-step metrics to that MLflow run. Relative output paths resolve against
+    ``storage`` (``config.durable_path``). ``on_checkpoint(path, state)`` runs on every worker after
+    each checkpoint has been reported to Ray (it travels to the workers pickled)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from magdi_dist.launch.shards import ensure_shards
+    from magdi_dist.config import with_durable_outputs
+    from magdi_dist.preprocess.prepare import prepare_data
     from magdi_dist.preprocess.session import ray_session
 
     # Every worker and every restart must find the same directory, whatever its working directory.
-    out = Path(cfg.train.output_dir).resolve()
-    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"output_dir": str(out)})})
+    cfg = with_durable_outputs(cfg, storage)
+    out = Path(cfg.train.output_dir)
+    log(f"outputs: {out}")
     with ray_session(address, num_cpus=max(os.cpu_count() or 1, int(num_workers * cpus_per_worker) + 1)):
-        manifest = ensure_shards(cfg, engine="ray", log=log)
+        manifest = prepare_data(cfg, engine="ray", log=log).manifest
         gpu = gpus_available() if use_gpu is None else use_gpu
         resources = {"CPU": cpus_per_worker, **({"GPU": 1} if gpu else {})}
         log(f"train: {num_workers} Ray Train worker(s), {'GPU' if gpu else 'CPU'} ({resources}), "
@@ -159,7 +146,7 @@ def train_on_ray(
         trainer = TorchTrainer(
             train_worker,
             train_loop_config={"config": cfg.model_dump(mode="json"), "manifest": str(manifest), "resume": resume,
-                               "tracking": tracking},
+                               "tracking": tracking, "on_checkpoint": on_checkpoint},
             scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=gpu, resources_per_worker=resources),
             torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
             run_config=RunConfig(

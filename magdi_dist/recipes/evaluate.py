@@ -1,4 +1,11 @@
-"""``magdi-dist evaluate``: questions -> batches -> records (in-process or on Ray) -> files -> MLflow."""
+"""Recipe: evaluate a student (``magdi-dist evaluate``, ``ray_jobs/evaluate.py``, every study cell).
+
+    student (export dir or models:/ URI) + held-out questions (benchmark file or MAG file)
+      -> length-sorted batches -> greedy / k-sample generation (in-process, or Ray actors)
+      -> answers extracted and graded, majority vote -> predictions.jsonl
+      -> accuracy with a Wilson 95% CI, extraction failures, tokens, teacher-token ratio -> summary.json
+      -> (optionally) the metrics and files on an MLflow run
+"""
 
 from __future__ import annotations
 

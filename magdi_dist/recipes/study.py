@@ -1,9 +1,16 @@
-"""Run a scaling study: every cell trained on Ray, evaluated, logged and registered in MLflow.
+"""Recipe: a scaling study (``magdi-dist study``, ``magdi-dist demo``, ``ray_jobs/scaling_study.py``).
 
-One parent run per study, one child run per cell (only this driver logs: the training workers log
-their per-step metrics into the cell's run from rank 0). A cell that fails is recorded as FAILED and
-the others go on; re-running the study skips every cell that already FINISHED with the same resolved
-config, so an interrupted study is resumed by running the same command again.
+    study config (sizes x variants over one training config; output_dir on the storage root)
+      -> MLflow: one parent run
+      -> per cell, on one shared Ray: train (launch.ray_train: prepare the shards, Ray Train +
+         DeepSpeed, rank 0 logs each step into the cell's child run) -> evaluate on held-out
+         questions (recipes.evaluate) -> log results -> register the student (pyfunc)
+      -> fit and plot the scaling curve, log it on the parent run
+      -> the best registered student gets the alias ``champion``
+
+A cell that fails is recorded as FAILED and the others go on; re-running the study skips every cell
+that already FINISHED with the same resolved config, so an interrupted study is resumed by running the
+same command again. Only this driver logs to MLflow, except the per-step metrics of rank 0.
 """
 
 from __future__ import annotations
@@ -95,8 +102,8 @@ def heldout_data(study: StudyConfig) -> str:
 
 
 def _run_cell(study: StudyConfig, size: Axis, variant: Axis, ctx: dict) -> CellResult:
-    from magdi_dist.eval.runner import EvalConfig, evaluate
-    from magdi_dist.launch.trainer import train_on_ray
+    from magdi_dist.launch.ray_train import train_on_ray
+    from magdi_dist.recipes.evaluate import EvalConfig, evaluate
     from magdi_dist.track import cell_run, find_cell_run, log_cell_result
     from magdi_dist.track.registry import log_student
 
@@ -181,8 +188,14 @@ def run_study(study: StudyConfig) -> dict:
         results = list(pool.map(attempt, study.cells()))
     rows = [{"cell": r.cell, "variant": r.variant, "params": r.params, "flops": r.flops,
              "eval_loss": r.eval_loss, "accuracy": r.accuracy} for r in results if r.status != "failed"]
-    curve = log_study_summary(parent, rows, tracking_uri=uri, rank=0, title=f"{study.name}: MAGDi students",
-                              keep_dir=out) if rows else None
+    curve = None
+    if rows:  # fit and plot here (track only files results), kept in the output folder too
+        from magdi_dist.study.curve import fit_scaling, plot_scaling
+
+        curve = fit_scaling(rows)
+        png = plot_scaling(rows, out / "scaling_curve.png", fits=curve, title=f"{study.name}: MAGDi students")
+        (out / "scaling_fit.json").write_text(json.dumps(curve, indent=2, default=str))
+        log_study_summary(parent, rows, fits=curve, plot=png, tracking_uri=uri, rank=0)
     champion = None
     if any(r.status != "failed" for r in results):
         mv = set_champion(study.model_name, study.champion_metric, mode=study.champion_mode, tracking_uri=uri)

@@ -1,5 +1,5 @@
-"""Helpers (no tests) shared by the tests/test_train_*.py modules: a small run config and the real
-launchers (torchrun, the deepspeed launcher, plain python) as subprocesses."""
+"""The real launchers (torchrun, the deepspeed launcher, plain python) as subprocesses, and a small run
+config; shared by the tests/test_train_*.py modules (no tests here)."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def _run(cmd: list[str], timeout: int = 420) -> subprocess.CompletedProcess:
 
 def torchrun(config: Path, *overrides: str, nproc: int = 2, resume: bool = False):
     return _run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                 "-m", "magdi_dist.train", "--config", str(config),
+                 "-m", "magdi_dist.launch.rank", "--config", str(config),
                  "--resume" if resume else "--no-resume", *overrides])
 
 
@@ -60,7 +60,7 @@ def free_port() -> int:
 def deepspeed_launcher(config: Path, *overrides: str, nproc: int = 2, resume: bool = False):
     launcher = str(Path(sys.executable).parent / "deepspeed")
     return _run([launcher, f"--num_gpus={nproc}", f"--master_port={free_port()}", "--module",
-                 "magdi_dist.train", "--config", str(config), "--resume" if resume else "--no-resume",
+                 "magdi_dist.launch.rank", "--config", str(config), "--resume" if resume else "--no-resume",
                  *overrides])
 
 
