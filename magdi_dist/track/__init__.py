@@ -9,11 +9,11 @@ is not imported here; use ``from magdi_dist.track.registry import log_student, s
 from magdi_dist.track.metrics import MetricsLogger
 from magdi_dist.track.runs import (
     cell_run,
-    config_hash,
     find_cell_run,
     finish_run,
     git_sha,
     log_cell_result,
+    resolved_config_digest,
     start_cell_run,
     start_study_run,
 )
@@ -23,7 +23,7 @@ from magdi_dist.track.summary import log_study_summary
 __all__ = [
     "MetricsLogger",
     "cell_run",
-    "config_hash",
+    "resolved_config_digest",
     "ensure_experiment",
     "find_cell_run",
     "finish_run",

@@ -8,7 +8,7 @@ process-global and thread-local, which does not mix with Ray workers or with nes
 from library code.
 
 Tags (all ``magdi.*``) are what later code searches by: ``magdi.study``, ``magdi.cell``,
-``magdi.role`` (``study``/``cell``), ``magdi.config_hash``, ``magdi.data_hash``,
+``magdi.role`` (``study``/``cell``), ``magdi.resolved_config_digest``, ``magdi.data_hash``,
 ``magdi.checkpoint``, ``magdi.git_sha``.
 """
 
@@ -32,7 +32,7 @@ from magdi_dist.track.store import client_for
 TAG_STUDY = "magdi.study"
 TAG_CELL = "magdi.cell"
 TAG_ROLE = "magdi.role"
-TAG_CONFIG_HASH = "magdi.config_hash"
+TAG_CONFIG_DIGEST = "magdi.resolved_config_digest"
 TAG_DATA_HASH = "magdi.data_hash"
 TAG_CHECKPOINT = "magdi.checkpoint"
 TAG_GIT_SHA = "magdi.git_sha"
@@ -42,7 +42,7 @@ CONFIG_ARTIFACT = "config.json"
 __all__ = [
     "MetricsLogger",
     "cell_run",
-    "config_hash",
+    "resolved_config_digest",
     "find_cell_run",
     "finish_run",
     "git_sha",
@@ -52,8 +52,9 @@ __all__ = [
 ]
 
 
-def config_hash(config: Mapping[str, Any]) -> str:
-    """Stable short hash of a resolved config: a re-run only skips a cell trained with the same one."""
+def resolved_config_digest(config: Mapping[str, Any]) -> str:
+    """Stable short hash of a whole resolved config (every key): a re-run only skips a cell trained with
+    the same one. Not ``config.resolved_config_digest``, which leaves out run-only keys to match checkpoints."""
     blob = json.dumps(config, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -139,7 +140,7 @@ def start_study_run(
         return None
     client = client_for(tracking_uri)
     config = dict(config or {})
-    chash = config_hash(config)
+    chash = resolved_config_digest(config)
     if resume:
         found = _search(
             client,
@@ -147,13 +148,13 @@ def start_study_run(
             [
                 f"tags.`{TAG_ROLE}` = 'study'",
                 f"tags.`{TAG_STUDY}` = {_literal(study)}",
-                f"tags.`{TAG_CONFIG_HASH}` = '{chash}'",
+                f"tags.`{TAG_CONFIG_DIGEST}` = '{chash}'",
             ],
         )
         if found is not None:
             client.update_run(found.info.run_id, status="RUNNING")
             return found.info.run_id
-    tags = {TAG_ROLE: "study", TAG_STUDY: study, TAG_CONFIG_HASH: chash, **_git_tags()}
+    tags = {TAG_ROLE: "study", TAG_STUDY: study, TAG_CONFIG_DIGEST: chash, **_git_tags()}
     run = client.create_run(experiment_id, tags=tags, run_name=study)
     _log_config(client, run.info.run_id, config, {})
     return run.info.run_id
@@ -187,7 +188,7 @@ def start_cell_run(
         TAG_ROLE: "cell",
         TAG_STUDY: study,
         TAG_CELL: cell,
-        TAG_CONFIG_HASH: config_hash(config),
+        TAG_CONFIG_DIGEST: resolved_config_digest(config),
         **_git_tags(),
         **{k: str(v) for k, v in (tags or {}).items()},
     }
@@ -287,5 +288,5 @@ def find_cell_run(
         "attributes.status = 'FINISHED'",
     ]
     if config is not None:
-        filters.append(f"tags.`{TAG_CONFIG_HASH}` = '{config_hash(config)}'")
+        filters.append(f"tags.`{TAG_CONFIG_DIGEST}` = '{resolved_config_digest(config)}'")
     return _search(client, experiment_id, filters)
