@@ -5,6 +5,9 @@ single-process run, logging to a real SQLite MLflow store and loading from its r
 from __future__ import annotations
 
 import json
+import math
+import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -12,10 +15,7 @@ from pathlib import Path
 import pytest
 from test_eval_support import tiny_student, write_synth_mags
 
-from magdi_dist.eval.answers import extract_answer, majority_vote
-from magdi_dist.eval.runner import EvalConfig, evaluate
-from magdi_dist.eval.stats import wilson_interval
-from magdi_dist.mag.grading import grade_answer
+from magdi_dist.recipes.evaluate import EvalConfig, evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = {
@@ -49,27 +49,217 @@ def _without_latency(records: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "latency_s"} for r in records]
 
 
+# --- an independent reading of predictions.jsonl -----------------------------------------------------
+# Written here from the documented formats alone (data/prompt.py ends a chain with "The answer is X.",
+# a \boxed{X} is the fallback, the benchmarks' gold conventions), with nothing from magdi_dist.eval or
+# magdi_dist.mag.grading, so the summary is checked against a second implementation, not against itself.
+
+# "The answer is" and what follows (the tiny student sometimes drops the space: "isL"); "isn't" negates.
+_STATED = re.compile(r"(?i)\bthe answer is(?!n['\u2019]t\b)")
+
+
+def read_answer(text: str) -> str | None:
+    """The answer of the last "The answer is X" that states one (X ends at a line break or at a full stop
+    that ends the sentence: "3.5." is 3.5), else the content of the last closed \\boxed{...}; else None."""
+    stated = []
+    for part in _STATED.split(text)[1:]:  # the text after each statement, up to the next one
+        part = part.lstrip()
+        part = part[1:] if part.startswith(":") else part  # "The answer is: 7"
+        part = re.split(r"\.(?=\s|$)", part.split("\n")[0])[0]
+        part = part.strip().strip(" *\"'`")
+        if part:
+            stated.append(part)
+    if stated:
+        return stated[-1]
+    for start in reversed([m.end() for m in re.finditer(r"\\boxed\{", text)]):
+        depth = 1
+        for i in range(start, len(text)):
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            if depth == 0:
+                return text[start:i].strip() or None
+    return None  # no statement and no closed box
+
+
+def _number(text: str) -> float | None:
+    """A numeric answer's value: the answer itself when it is a number once "$", "%", thousands commas,
+    spaces ("70 000") and a final "." are dropped, else the last number in it ("18 dollars")."""
+    s = re.sub(r"[$%]|,(?=\d{3}(?!\d))", "", text).strip().rstrip(".")
+    if re.fullmatch(r"-?(?:\d+(?:\.\d*)?|\.\d+)", s.replace(" ", "")):
+        return float(s.replace(" ", ""))
+    found = re.findall(r"\d+(?:\.\d+)?", s)
+    return float(found[-1]) if found else None
+
+
+def _yes_no(text: str) -> bool | None:
+    word = re.match(r"[a-z]+", text.strip(" *\"'`").lower())  # "Yes, because ..." is yes
+    return {"yes": True, "true": True, "no": False, "false": False}.get(word.group(0)) if word else None
+
+
+def _choice(text: str, options: list[str]) -> int | None:
+    """The chosen option's 0-based index: a letter ("B", "(b)", "B) 300"), a 1-based number for plain
+    options (ECQA, ARC), an option's text, or for "A)..."-labelled options (AQuA) an option's value."""
+    s = text.strip(" *\"'`").rstrip(".").strip()
+    letters = [chr(65 + i) for i in range(len(options))]
+    labelled = all(o.startswith(f"{c})") for c, o in zip(letters, options, strict=True))
+    values = [o[2:].strip() if labelled else o.strip() for o in options]
+    bare = re.fullmatch(r"\(?([A-Za-z])\)?", s)
+    if bare:
+        return letters.index(bare.group(1).upper()) if bare.group(1).upper() in letters else None
+    if not labelled and s.isdigit():
+        return int(s) - 1 if 1 <= int(s) <= len(options) else None
+    for i, (option, value) in enumerate(zip(options, values, strict=True)):
+        if s.casefold() in (option.casefold().rstrip("."), value.casefold().rstrip(".")):
+            return i
+    prefixed = re.match(r"\(?([A-Za-z])[):.]", s)
+    if prefixed:
+        return letters.index(prefixed.group(1).upper()) if prefixed.group(1).upper() in letters else None
+    n = _number(s) if labelled else None
+    for i, value in enumerate(values):
+        v = _number(value)
+        if n is not None and v is not None and math.isclose(v, n, rel_tol=1e-9):
+            return i
+    return None
+
+
+def meaning(task: str, answer: str, options: list[str] | None) -> float | bool | int | None:
+    """What an answer says for its task family; None when it says nothing readable."""
+    if task == "numeric":
+        return _number(answer)
+    if task == "yes_no":
+        return _yes_no(answer)
+    assert task == "multiple_choice" and options, (task, options)
+    return _choice(answer, options)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-9)
+    return a == b
+
+
+def independent_vote(task: str, answers: list[str | None], options: list[str] | None) -> tuple[str | None, int]:
+    """Majority over what the answers mean (unreadable ones by their text); the group seen first wins a
+    tie; the winner is its group's first answer, with the group's size. No answer: (None, 0)."""
+    groups: list[list] = []  # [meaning, first answer, count]
+    for answer in answers:
+        if answer is None:
+            continue
+        m = meaning(task, answer, options)
+        key = ("text", answer.strip().casefold()) if m is None else m
+        for group in groups:
+            if _same(group[0], key):
+                group[2] += 1
+                break
+        else:
+            groups.append([key, answer, 1])
+    if not groups:
+        return None, 0
+    best = max(groups, key=lambda g: g[2])  # max() keeps the first of equal counts
+    return best[1], best[2]
+
+
+def independent_correct(task: str, vote: str | None, gold: str, options: list[str] | None) -> bool:
+    expected = meaning(task, gold, options)
+    assert expected is not None, f"gold {gold!r} unreadable for {task}"
+    said = None if vote is None else meaning(task, vote, options)
+    return said is not None and _same(said, expected)
+
+
+def _wilson(successes: int, n: int) -> tuple[float, float]:
+    """95% Wilson score interval, from the textbook formula."""
+    z = statistics.NormalDist().inv_cdf(0.975)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def _check_against_records(summary: dict, records: list[dict]) -> None:
-    """Every summary number, recomputed from predictions.jsonl alone (answers re-extracted, votes
-    re-cast, correctness re-graded)."""
+    """Every summary number, recomputed from predictions.jsonl alone with the independent reading above:
+    answers re-read from the sample texts, votes re-cast, correctness re-graded against the gold."""
     n = len(records)
     assert summary["n"] == n and [r["index"] for r in records] == list(range(n))
+    correct = no_answer = 0
+    answers_all: list[str | None] = []
     for r in records:
-        assert r["answers"] == [extract_answer(t) for t in r["samples"]]
-        assert r["vote"] == majority_vote(r["task"], r["answers"], r["options"]).answer
-        assert r["correct"] == (r["vote"] is not None and grade_answer(r["task"], r["vote"], r["gold"], r["options"]))
+        answers = [read_answer(t) for t in r["samples"]]
+        assert r["answers"] == answers, r["samples"]
+        vote, count = independent_vote(r["task"], answers, r["options"])
+        assert (r["vote"], r["vote_count"]) == (vote, count), answers
+        ok = independent_correct(r["task"], vote, r["gold"], r["options"])
+        assert r["correct"] is ok, (vote, r["gold"])
+        correct += ok
+        no_answer += all(a is None for a in answers)
+        answers_all += answers
         assert r["generated_tokens"] == sum(r["sample_tokens"]) and len(r["samples"]) == summary["k"]
         assert all(0 <= t <= summary["max_new_tokens"] for t in r["sample_tokens"])
-    correct = sum(r["correct"] for r in records)
-    samples = [a for r in records for a in r["answers"]]
     assert summary["correct"] == correct
     assert summary["accuracy"] == pytest.approx(correct / n)
-    assert (summary["ci95_low"], summary["ci95_high"]) == pytest.approx(wilson_interval(correct, n))
+    assert (summary["ci95_low"], summary["ci95_high"]) == pytest.approx(_wilson(correct, n))
     assert summary["ci95_low"] <= summary["accuracy"] <= summary["ci95_high"]
-    assert summary["extraction_failure_rate"] == pytest.approx(sum(a is None for a in samples) / len(samples))
+    assert summary["samples"] == len(answers_all) == n * summary["k"]
+    assert summary["extraction_failure_rate"] == pytest.approx(sum(a is None for a in answers_all) / len(answers_all))
+    assert summary["no_answer_rate"] == pytest.approx(no_answer / n)
     assert summary["tokens_per_question"] == pytest.approx(sum(r["generated_tokens"] for r in records) / n)
-    assert summary["tokens_per_sample"] == pytest.approx(sum(r["generated_tokens"] for r in records) / len(samples))
+    assert summary["tokens_per_sample"] == pytest.approx(sum(r["generated_tokens"] for r in records) / len(answers_all))
     assert summary["latency_s_per_question"] == pytest.approx(sum(r["latency_s"] for r in records) / n)
+
+
+# Crafted outputs on which the library (magdi_dist.eval.answers) must read what the independent reading
+# reads. The xfail cases are where it does not: findings on the library, strict so that a fix shows up.
+_NEGATION = pytest.mark.xfail(strict=True, reason="library reads The answer isn't 5. as the answer n't 5 (graded 5)")
+_STUTTER = pytest.mark.xfail(strict=True, reason="library reads 'the answer is 32', not the last statement's 32")
+_ORDER = pytest.mark.xfail(
+    strict=True, reason="majority_vote: a group led by an answer that is no valid gold gathers only equal text"
+)
+CRAFTED_TEXTS = [
+    "Step 1: 3 + 4 = 7. So the answer is 7. The answer is 7.",
+    "The answer is 3.5.",
+    "The answer is $1,000.\nQuestion: next",
+    "the answer is B) 300. And more",
+    "The answer is 18 The answer is 19",
+    "THE ANSWER IS **12**.",
+    "The answer is: 7.",
+    "The answer is\n5.",
+    "So the answer isL. The answer",
+    "The answer is 4. The answer is",
+    "The answer is .",
+    "We get \\boxed{12} and \\boxed{\\frac{1}{2}}",
+    "\\boxed{1} then \\boxed{2",
+    "Step 1: 3 + 4 = 7.",
+    pytest.param("The answer isn't 5.", marks=_NEGATION),
+    pytest.param("So the answer is 9. The answer is the answer is 32.", marks=_STUTTER),
+]
+AQUA = ["A)270", "B)300", "C)280", "D)320", "E)315"]
+ECQA = ["greedy", "worry", "have knowledge", "rest", "understand"]
+CRAFTED_VOTES = [
+    ("numeric", ["17", "18", "$18.00", None, "17", "18 dollars"], None, "18"),
+    ("numeric", ["1,000", "999", "1000.0", "$1,000."], None, "1000"),
+    ("numeric", ["17", "18", "18.0", "17.00"], None, "18"),
+    ("numeric", [None, None], None, "3"),
+    ("multiple_choice", ["B", "A", "B)300", "300", "A"], AQUA, "B"),
+    ("multiple_choice", ["1", "3", "have knowledge", "(c)"], ECQA, "3"),
+    ("yes_no", ["No.", "yes", "Yes, because", "no", "YES"], None, "yes"),
+    pytest.param("yes_no", ["no", "Yes, because", "yes"], None, "yes", marks=_ORDER),
+    pytest.param("numeric", ["5", "105, 19", "19"], None, "19", marks=_ORDER),
+]
+
+
+@pytest.mark.parametrize("text", CRAFTED_TEXTS)
+def test_library_extraction_agrees_with_the_independent_reading(text):
+    from magdi_dist.eval.answers import extract_answer
+
+    assert extract_answer(text) == read_answer(text)
+
+
+@pytest.mark.parametrize("task, answers, options, gold", CRAFTED_VOTES)
+def test_library_vote_agrees_with_the_independent_vote(task, answers, options, gold):
+    from magdi_dist.eval.answers import is_correct, majority_vote
+
+    vote = majority_vote(task, answers, options)
+    mine = independent_vote(task, answers, options)
+    assert (vote.answer, vote.count) == mine
+    assert is_correct(task, vote.answer, gold, options) == independent_correct(task, mine[0], gold, options)
 
 
 @pytest.mark.parametrize("fmt", sorted(BENCH))
