@@ -88,6 +88,7 @@ def _check_study(summary: dict, expect_cells: list[str], tracking_uri: str, stat
     assert isinstance(answer, list) and len(answer) == 1 and isinstance(answer[0], str)
 
 
+@pytest.mark.slow
 def test_demo_quick_through_the_cli_then_rerun_skips(tmp_path):
     out = tmp_path / "demo"
     cmd = [sys.executable, "-m", "magdi_dist.cli", "demo", "--quick", "--out", str(out)]
@@ -112,6 +113,7 @@ def test_demo_quick_through_the_cli_then_rerun_skips(tmp_path):
     assert rerun["parent_run_id"] == summary["parent_run_id"]
 
 
+@pytest.mark.slow
 def test_study_against_an_mlflow_server(tmp_path):
     from magdi_dist.recipes.study import run_study
 
