@@ -155,6 +155,34 @@ def test_losses_match_independent_computation(mode, pooling, pair_mask):
     assert int(got["num_target_tokens"]) == (7 - 3 - 0) + (5 - 2) - 0  # labels at t+1 of 1..T-1
 
 
+def test_ntp_only_runs_no_negative_row():
+    """margin_weight 0 with frozen features: no loss reads a negative, so the LM sees the positive rows
+    only (counted at the embedding layer), at their own width, and the tokens and FLOPs counted are
+    the positives'. The NTP loss is the full student's."""
+    batch = make_batch((1.0, 1.0))
+    pad = torch.nn.functional.pad  # 2 more padding columns, as when a longer negative sets the width
+    batch.update(input_ids=pad(batch["input_ids"], (0, 2), value=PAD),
+                 attention_mask=pad(batch["attention_mask"], (0, 2)), labels=pad(batch["labels"], (0, 2), value=-100))
+    seen = []
+
+    def count(student):
+        hook = student.lm.get_input_embeddings().register_forward_hook(lambda _m, args, _o: seen.append(args[0].shape))
+        with torch.no_grad():
+            out = student(batch)
+        hook.remove()
+        return out, seen.pop()
+
+    full, full_rows = count(make_student())
+    ntp_only = make_student()
+    ntp_only.cfg.margin_weight, ntp_only.cfg.node_weight = 0.0, 0.0
+    sft, sft_rows = count(ntp_only)
+    assert tuple(full_rows) == (4, 9) and tuple(sft_rows) == (2, 7)  # the 2 positives, at their own width
+    assert int(sft["num_tokens"]) == 7 + 5 and int(full["num_tokens"]) == 7 + 5 + 6 + 4
+    assert float(sft["ntp_loss"]) == pytest.approx(float(full["ntp_loss"]), rel=1e-5)
+    assert float(sft["margin_loss"]) == 0.0 and float(sft["loss"]) == pytest.approx(0.7 * float(full["ntp_loss"]),
+                                                                                  rel=1e-5)
+
+
 def test_fast_path_equals_full_forward_and_peft():
     ids = make_batch()["input_ids"]
     mask = make_batch()["attention_mask"]

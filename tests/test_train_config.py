@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -134,3 +135,32 @@ def test_every_entry_point_names_a_bad_key_and_exits_2(entry, config, override, 
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert named in proc.stderr
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant"])
+def test_warmup_gives_step_one_a_learning_rate_then_decays_as_transformers(schedule):
+    """Step 1 trains at lr/warmup (not 0), the peak is reached at step ``warmup``, and from there on the
+    rate is transformers' own schedule of the same kind."""
+    import transformers
+
+    from magdi_dist.config import TrainConfig
+    from magdi_dist.train.engine import build_scheduler
+
+    warmup, total, lr = 4, 20, 1e-3
+
+    def rates(make):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+        sched, out = make(opt), []
+        for _ in range(total):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    ours = rates(build_scheduler(TrainConfig(lr=lr, warmup_steps=warmup, schedule=schedule), total))
+    theirs = rates(lambda opt: getattr(transformers, f"get_{schedule}_schedule_with_warmup")(
+        opt, warmup, *([total] if schedule != "constant" else [])))
+    assert ours[:warmup] == pytest.approx([lr * k / warmup for k in range(1, warmup + 1)])
+    assert theirs[0] == 0.0  # what this replaces: a first step that learns nothing
+    assert ours[warmup:] == pytest.approx(theirs[warmup:])
+    assert all(r > 0 for r in ours[:-1])

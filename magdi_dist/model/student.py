@@ -53,19 +53,27 @@ class MAGDiStudent(nn.Module):
         B = input_ids.shape[0] // 2
         pair_mask = batch["pair_mask"].to(input_ids.device)
 
-        # One pass for positives (rows :B) and negatives (rows B:); logits for positives only.
+        # One pass for positives (rows :B) and the negatives a loss reads (rows B:); logits for positives.
         keep = self._lm_rows(batch, pair_mask, B)
         if keep is None:
             hidden, pos_logits = lm_forward(self.lm, input_ids, attention_mask, head_rows=B)
             pooled = pool_hidden(hidden, attention_mask, cfg.pooling)
+            lm_mask = attention_mask
         else:
-            hidden, pos_logits = lm_forward(self.lm, input_ids[keep], attention_mask[keep], head_rows=B)
-            kept = pool_hidden(hidden, attention_mask[keep], cfg.pooling)
-            # Back to one row per batch row; a skipped placeholder gets a zero embedding no loss reads.
+            # Right padding: the kept rows only need the width of the longest of them.
+            width = int(attention_mask[keep].sum(dim=1).max())
+            lm_mask = attention_mask[keep][:, :width]
+            hidden, pos_logits = lm_forward(self.lm, input_ids[keep][:, :width], lm_mask, head_rows=B)
+            kept = pool_hidden(hidden, lm_mask, cfg.pooling)
+            # Back to one row per batch row; a skipped row gets a zero embedding no loss reads.
             pooled = kept.new_zeros((input_ids.shape[0], kept.shape[1])).index_copy(0, keep, kept)
+            labels = labels[:, :width]
         ntp, n_targets = ntp_loss(pos_logits, labels[:B])
-        scores = self.score(pooled)
-        margin = margin_ranking_loss(scores[:B], scores[B:], pair_mask, cfg.margin)
+        if cfg.margin_weight > 0:
+            scores = self.score(pooled)
+            margin = margin_ranking_loss(scores[:B], scores[B:], pair_mask, cfg.margin)
+        else:  # no negative ran: the term is off, not computed on zero embeddings
+            margin = pos_logits.new_zeros(())
 
         graph = batch["graph"]
         x = graph.x.to(self.encoder.head.weight.dtype)
@@ -75,9 +83,8 @@ class MAGDiStudent(nn.Module):
         nodes = node_loss(node_logits, graph.y)
 
         loss = cfg.ntp_weight * ntp + cfg.margin_weight * margin + cfg.node_weight * nodes
-        # Real tokens only: placeholder negatives (pair_mask 0) and padding are not counted.
-        row_tokens = attention_mask.sum(dim=1)
-        num_tokens = row_tokens[:B].sum() + (row_tokens[B:] * (pair_mask > 0)).sum()
+        # Real tokens of the rows the LM ran: skipped negatives, placeholders and padding do not count.
+        num_tokens = lm_mask.sum()
         if "extra_attention_mask" in batch and cfg.graph_features == "live":
             num_tokens = num_tokens + batch["extra_attention_mask"].sum()
         return {
@@ -98,9 +105,13 @@ class MAGDiStudent(nn.Module):
         reads: its margin term is masked by pair_mask and live features skip it (neg_node -1). Running
         it still costs a full padded row of decoder forward + backward, and on real debate data most
         pairs have no negative (GSM8K debates: 80%, so 40% of all rows; benchmarks/padding.py), so
-        those rows are left out of the LM pass. The losses are unchanged.
+        those rows are left out of the LM pass. The losses are unchanged. Without a margin term
+        (``margin_weight: 0``, the NTP-only / SFT baseline) and with frozen features no loss reads any
+        negative, so none runs: the baseline does the work of plain fine-tuning, no more.
         """
         needed = pair_mask > 0
+        if self.cfg.margin_weight == 0:
+            needed = torch.zeros_like(needed)
         if self.cfg.graph_features == "live":  # every node that gets a live feature needs its row
             needed = needed | (batch["neg_node"].to(pair_mask.device) >= 0)
         if bool(needed.all()):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -135,21 +136,31 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
+def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
+    """The multiplier of the peak lr for optimizer step ``step`` (0-based).
+
+    Warmup is linear and counts steps from 1: step k < warmup trains at lr * (k + 1) / warmup, so the
+    first step already learns (transformers' ``get_*_schedule_with_warmup`` give step 0 a rate of 0,
+    a step that only costs time). After warmup the decay is transformers': cosine or linear from the
+    peak to 0 over the remaining steps, or constant.
+    """
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    if schedule == "linear":
+        return max(0.0, 1.0 - progress)
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
 def build_scheduler(train: TrainConfig, total_steps: int):
     """A callable optimizer -> LambdaLR (DeepSpeed calls it with its base optimizer, saves and restores
     the scheduler state in checkpoints and steps it once per optimizer step)."""
-    from transformers import (
-        get_constant_schedule_with_warmup,
-        get_cosine_schedule_with_warmup,
-        get_linear_schedule_with_warmup,
-    )
+    from torch.optim.lr_scheduler import LambdaLR
 
     def make(optimizer):
-        if train.schedule == "cosine":
-            return get_cosine_schedule_with_warmup(optimizer, train.warmup_steps, total_steps)
-        if train.schedule == "linear":
-            return get_linear_schedule_with_warmup(optimizer, train.warmup_steps, total_steps)
-        return get_constant_schedule_with_warmup(optimizer, train.warmup_steps)
+        return LambdaLR(optimizer, lambda step: lr_factor(step, train.warmup_steps, total_steps, train.schedule))
 
     return make
 
