@@ -170,6 +170,13 @@ class DataConfig(_Section):
     ``<shards>/tokenizer``); otherwise a tokenizer directory or hub id."""
     vocab_size: int = Field(1024, ge=300)
     """Vocabulary of a locally trained tokenizer (byte alphabet 256 + specials + merges)."""
+    clean_chains: bool = True
+    """Drop the sentences of teacher reasoning that talk about the discussion ("Based on the other
+    agents' solutions ...", "I agree with ...") before anything is built from it: NTP targets,
+    negatives and node features alike (magdi_dist/mag/clean.py). At test time there are no peers."""
+    chain_patterns: list[str] | None = None
+    """Regexes (case-insensitive, searched per sentence) that mark a sentence for removal; None: the
+    defaults in magdi_dist/mag/clean.py, written against the shared real transcripts."""
     features: Literal["frozen", "zero"] = "frozen"
     """Node features of the graph objective: ``frozen`` = the base student's pooled embeddings
     (MAGDi reference), ``zero`` = zeros (debugging; the GCN then only sees the graph structure)."""

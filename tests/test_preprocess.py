@@ -51,7 +51,7 @@ def test_same_inputs_same_bytes_and_rerun_is_free(assets, reference, tmp_path):
     root, spec = assets
     manifest = load_manifest(reference)
     assert manifest["totals"] == {"inputs": 2, "records_in": 34, "mags": 34, "rejected": 0, "shards": 3,
-                                  "rows": manifest["totals"]["rows"]}
+                                  "rows": manifest["totals"]["rows"], "chains_cleaned": 0, "chars_removed": 0}
     assert [len(i["shards"]) for i in manifest["inputs"]] == [2, 1]  # 24 MAGs at 16 per shard: a fixed split
     assert verify_manifest(reference) == []
     # Same inputs elsewhere: byte-identical shards and manifest (no timestamps, paths are the inputs').

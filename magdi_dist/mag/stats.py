@@ -8,14 +8,16 @@ import io
 from collections import Counter
 from typing import TYPE_CHECKING
 
+from magdi_dist.mag.clean import DEFAULT_PATTERNS, CleanStats, clean_mag
 from magdi_dist.mag.schema import Label
 
 if TYPE_CHECKING:
     from magdi_dist.mag.readers import ReadResult
 
 
-def summarize(result: ReadResult) -> dict:
-    """JSON-ready statistics of a ``read_mags`` result (MAGs are graded and completed)."""
+def summarize(result: ReadResult, clean_patterns: tuple[str, ...] | None = DEFAULT_PATTERNS) -> dict:
+    """JSON-ready statistics of a ``read_mags`` result (MAGs are graded and completed), with what chain
+    cleaning (``clean_patterns``; None: not reported) would change, per file."""
     agents: dict[str, None] = {}  # insertion-ordered set: first appearance across files
     labels: Counter[str] = Counter({label.text: 0 for label in Label})
     tasks: Counter[str] = Counter()
@@ -24,7 +26,11 @@ def summarize(result: ReadResult) -> dict:
     correct_by_round: Counter[int] = Counter()
     answered_by_round: Counter[int] = Counter()
     rounds = responses = nodes = mixed = 0
+    cleaning: dict[str, CleanStats] = {}
     for mag in result.mags:
+        if clean_patterns is not None:
+            file = mag.source.file if mag.source is not None else "-"
+            cleaning.setdefault(file, CleanStats()).add(clean_mag(mag, tuple(clean_patterns))[1])
         tasks[mag.task] += 1
         if mag.source is not None:
             formats[mag.source.format] += 1
@@ -61,6 +67,7 @@ def summarize(result: ReadResult) -> dict:
         "tasks": dict(tasks),
         "formats": dict(formats),
         "files": list(files),
+        "cleaning": {file: stats.as_dict() for file, stats in cleaning.items()},
     }
 
 
@@ -91,6 +98,9 @@ def format_table(summary: dict) -> str:
         n = summary.get("responses_per_round", [None] * (k + 1))[k]
         shown = "-" if acc is None else f"{acc:.1%}"
         rows.append((f"round {k} accuracy", shown + (f" of {n}" if n is not None else "")))
+    for file, c in summary.get("cleaning", {}).items():
+        rows.append((f"cleaned chains ({file})", f"{c['changed']} of {c['chains']} changed, "
+                                                 f"{c['chars_removed']} characters removed"))
     for name, value in rows:
         table.add_row(name, str(value))
     buf = io.StringIO()

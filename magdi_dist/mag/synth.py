@@ -4,8 +4,10 @@ Arithmetic word problems small enough for a ~1M-parameter student to learn on a 
 its own error rate; a wrong answer is a believable slip (an off-by-a-little result or the wrong
 operation), written step by step like a correct one. From round 1 on, an agent that disagrees with
 the majority of the previous round switches to the majority with probability ``convergence``, so
-answers tend to converge over rounds; with ``early_stop`` the discussion ends once every agent
-agrees and the remaining (agent, round) nodes are missing, as in ReConcile's early consensus.
+answers tend to converge over rounds. A revised chain is written as a plain solution: the revision is
+in its steps, never a quote of the peers (a student trained on it has no peers at test time). With
+``early_stop`` the discussion ends once every agent agrees and the remaining (agent, round) nodes are
+missing, as in ReConcile's early consensus.
 Every MAG carries ``synthetic=True`` and an id starting with ``synth-``.
 """
 
@@ -107,22 +109,17 @@ def synth_mags(
             if early_stop and len(votes) == 1:
                 break
             majority = votes.most_common(1)[0][0]
-            seen = ", ".join(str(sol[-1][3]) for sol in current)
             nxt = []
             for a in range(agents):
                 own = current[a][-1][3]
                 if own != majority and rng.random() < convergence:
-                    donor = next(sol for sol in current if sol[-1][3] == majority)
-                    nxt.append(donor)
-                    prefix = f"The other answers were {seen}. I now agree with {majority}. "
+                    nxt.append(next(sol for sol in current if sol[-1][3] == majority))  # convinced
                 elif own != answer and rng.random() < (1 - rates[a]) / 2:
                     nxt.append(steps)  # the agent re-checks its work and fixes it
-                    prefix = f"The other answers were {seen}. Checking again. "
                 else:
                     nxt.append(current[a])
-                    prefix = f"The other answers were {seen}. I keep my answer. "
                 responses.append(
-                    Response(agent=names[a], round=rnd, reasoning=_write(nxt[a], prefix), answer=str(nxt[a][-1][3]))
+                    Response(agent=names[a], round=rnd, reasoning=_write(nxt[a]), answer=str(nxt[a][-1][3]))
                 )
             current = nxt
         mags.append(

@@ -18,7 +18,8 @@ PIPELINE_VERSION = 2
 
 # What shapes a shard's bytes, besides the tokenizer and model (``config.PreprocessConfig``'s content
 # fields and the reader options); the other ``preprocess`` keys only shape the run.
-CONTENT_FIELDS = ("format", "task", "records_per_shard", "feature_batch_size", "torch_threads", "row_group_rows")
+CONTENT_FIELDS = ("format", "task", "clean_patterns", "records_per_shard", "feature_batch_size", "torch_threads",
+                  "row_group_rows")
 
 
 def content_fields(settings: dict[str, Any]) -> dict[str, Any]:

@@ -81,6 +81,7 @@ def unit_record(key: str, name: str, sha256: str, summaries: list[dict]) -> dict
         "mags": first["n_mags"],
         "rejected": first["n_rejected"],
         "rejects_file": f"{REJECTS}/{rejects_name(key)}" if first["n_rejected"] else None,
+        "cleaning": first["cleaning"],  # chains seen, changed, characters removed (the whole input)
         "questions": sorted({q for s in summaries for q in s["questions"]}),
         "shards": [{k: s[k] for k in ("name", "rows", "bytes", "sha256")} for s in summaries],
     }
@@ -107,6 +108,8 @@ def build_manifest(header: dict[str, Any], inputs: list[tuple[str, dict]], *, ou
         "rejected": sum(e["rejected"] for e in entries),
         "shards": len(shards),
         "rows": sum(s["rows"] for s in shards),
+        "chains_cleaned": sum(e["cleaning"]["changed"] for e in entries),
+        "chars_removed": sum(e["cleaning"]["chars_removed"] for e in entries),
     }
     # Nothing is dropped silently: every record read is a MAG or a reject.
     assert totals["records_in"] == totals["mags"] + totals["rejected"], totals

@@ -156,6 +156,7 @@ def run_preprocess(
     *,
     format: str | None = None,
     task: str | None = None,
+    clean_patterns: list[str] | None = None,
     split: dict[str, Any] | None = None,
     engine: str = "ray",
     address: str | None = None,
@@ -163,7 +164,8 @@ def run_preprocess(
 ) -> PreprocessReport:
     """Bring ``pre.out_dir`` up to date with ``pre.inputs`` (both set: ``prepare_data`` resolves them
     from a run config); return what was done. ``format``/``task`` are the reader's (``data``'s);
-    ``split`` ({"eval_fraction", "seed"}, default 0.1 and 0) is recorded in the manifest.
+    ``clean_patterns``: chain-cleaning regexes (``mag.clean``; None or empty: no cleaning); ``split``
+    ({"eval_fraction", "seed"}, default 0.1 and 0) is recorded in the manifest.
 
     ``engine="ray"`` uses the Ray this process is connected to, or the cluster at ``address`` /
     ``RAY_ADDRESS``; without either it starts an embedded local Ray, and only when some input needs
@@ -173,7 +175,7 @@ def run_preprocess(
         raise ValueError(f"unknown engine {engine!r}; expected one of {sorted(ENGINES)}")
     if not pre.inputs or not pre.out_dir:
         raise ValueError("run_preprocess needs preprocess.inputs and preprocess.out_dir set")
-    settings = {**pre.model_dump(), "format": format, "task": task}
+    settings = {**pre.model_dump(), "format": format, "task": task, "clean_patterns": list(clean_patterns or [])}
     split = split or {"eval_fraction": 0.1, "seed": 0}
     with ExitStack() as stack:
         if engine == "ray" and (address or os.environ.get("RAY_ADDRESS")):

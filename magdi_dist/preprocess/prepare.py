@@ -54,6 +54,15 @@ def _write_synthetic(cfg: MAGDiConfig, path: Path) -> None:
     os.replace(tmp, path)  # a half-written input would be hashed and keyed as if it were whole
 
 
+def clean_patterns(cfg: MAGDiConfig) -> list[str]:
+    """The chain-cleaning regexes ``cfg`` asks for ([] when ``data.clean_chains`` is off)."""
+    from magdi_dist.mag.clean import DEFAULT_PATTERNS
+
+    if not cfg.data.clean_chains:
+        return []
+    return list(cfg.data.chain_patterns if cfg.data.chain_patterns is not None else DEFAULT_PATTERNS)
+
+
 def _split(cfg: MAGDiConfig) -> dict:
     return {"eval_fraction": cfg.data.eval_fraction, "seed": cfg.data.split_seed}
 
@@ -73,11 +82,17 @@ def ensure_tokenizer(cfg: MAGDiConfig, pre: PreprocessConfig, log: Log) -> Path:
 
     out = Path(pre.out_dir) / TOKENIZER_DIR
     files = expand_inputs(pre.inputs)
+    patterns = clean_patterns(cfg)
     stamp = sha256_json({"inputs": [[p.name, sha256_file(p)] for p in files], "format": cfg.data.format,
-                         "task": cfg.data.task, "split": _split(cfg), "vocab_size": cfg.data.vocab_size})
+                         "task": cfg.data.task, "split": _split(cfg), "vocab_size": cfg.data.vocab_size,
+                         "clean_patterns": patterns})
     if (out / TOKENIZER_STAMP).is_file() and (out / TOKENIZER_STAMP).read_text() == stamp:
         return out
     mags = read_mags(files, format=cfg.data.format, task=cfg.data.task, strict=False).mags
+    if patterns:  # the text the rows will hold
+        from magdi_dist.mag.clean import clean_mag
+
+        mags = [clean_mag(m, tuple(patterns))[0] for m in mags]
     s = _split(cfg)
     train = [m for m in mags if not is_heldout(question_key(m.question), s["eval_fraction"], s["seed"])]
     if not train:
@@ -109,7 +124,7 @@ def prepare_data(cfg: MAGDiConfig, *, engine: str = "local", address: str | None
             _write_synthetic(cfg, path)
     if cfg.data.tokenizer == "train":
         ensure_tokenizer(cfg, pre, log)
-    report = run_preprocess(pre, spec, format=cfg.data.format, task=cfg.data.task, split=_split(cfg),
-                            engine=engine, address=address, log=log)
+    report = run_preprocess(pre, spec, format=cfg.data.format, task=cfg.data.task, clean_patterns=clean_patterns(cfg),
+                            split=_split(cfg), engine=engine, address=address, log=log)
     assert report.manifest == manifest_path(pre.out_dir)
     return report

@@ -50,6 +50,7 @@ SUMMARY_SCHEMA = pa.schema(
         ("bytes", pa.int64()),
         ("sha256", pa.string()),
         ("questions", pa.list_(pa.string())),
+        ("cleaning", pa.struct([("chains", pa.int64()), ("changed", pa.int64()), ("chars_removed", pa.int64())])),
     ]
 )
 
@@ -67,6 +68,7 @@ def parse_unit(unit: dict[str, Any], *, settings: dict[str, Any]) -> list[dict[s
     marked ``existing`` (the writer only re-reads their summary): a re-run after a crash redoes only
     the shards that never got renamed into place. ``settings``: the ``preprocess`` section's fields
     plus the reader's ``format`` and ``task``."""
+    from magdi_dist.mag.clean import CleanStats, clean_mag
     from magdi_dist.mag.readers import iter_items
     from magdi_dist.mag.split import question_key
 
@@ -75,9 +77,14 @@ def parse_unit(unit: dict[str, Any], *, settings: dict[str, Any]) -> list[dict[s
     mags: list[MAG] = []
     rejects: list[dict] = []
     records_in = 0
+    patterns = tuple(settings["clean_patterns"])
+    cleaning = CleanStats()
     for item in iter_items(unit["path"], format=settings["format"], task=settings["task"]):
         records_in += 1
         if isinstance(item, MAG):
+            if patterns:  # before rows, features and the split see the text
+                item, stats = clean_mag(item, patterns)
+                cleaning.add(stats)
             mags.append(_renamed(item, name))
             continue
         if settings["strict"]:
@@ -106,6 +113,7 @@ def parse_unit(unit: dict[str, Any], *, settings: dict[str, Any]) -> list[dict[s
             "existing": existing,
             # The split is over every question, including those whose MAGs give no row.
             "questions": sorted({question_key(m.question) for m in chunk}),
+            "cleaning": cleaning.as_dict(),
             "mags": [] if existing else [m.model_dump_json() for m in chunk],
         })
     return rows
@@ -145,7 +153,8 @@ class ShardBuilder:
             rows = build_rows(mags, self.extract(mags), self.tokenizer, self.spec)
             summary = write_shard(path, sort_rows(rows), self.settings["row_group_rows"],
                                   node_ids=self.node_ids)
-        keep = ("unit", "chunk", "n_chunks", "records_in", "n_mags", "n_rejected", "existing", "questions")
+        keep = ("unit", "chunk", "n_chunks", "records_in", "n_mags", "n_rejected", "existing", "questions",
+                "cleaning")
         return {**{k: row[k] for k in keep}, **summary}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
