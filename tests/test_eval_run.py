@@ -55,11 +55,11 @@ def _without_latency(records: list[dict]) -> list[dict]:
 # magdi_dist.mag.grading, so the summary is checked against a second implementation, not against itself.
 
 # "The answer is" and what follows (the tiny student sometimes drops the space: "isL"); "isn't" negates.
-_STATED = re.compile(r"(?i)\bthe answer is(?!n['\u2019]t\b)")
+_STATED = re.compile(r"(?i)\bthe answer is(?=[\s:])")  # "isn't", "island", "isL" state nothing
 
 
 def read_answer(text: str) -> str | None:
-    """The answer of the last "The answer is X" that states one (X ends at a line break or at a full stop
+    """The answer of the first "The answer is X" that states one (X ends at a line break or at a full stop
     that ends the sentence: "3.5." is 3.5), else the content of the last closed \\boxed{...}; else None."""
     stated = []
     for part in _STATED.split(text)[1:]:  # the text after each statement, up to the next one
@@ -70,7 +70,7 @@ def read_answer(text: str) -> str | None:
         if part:
             stated.append(part)
     if stated:
-        return stated[-1]
+        return stated[0]
     for start in reversed([m.end() for m in re.finditer(r"\\boxed\{", text)]):
         depth = 1
         for i in range(start, len(text)):
@@ -206,12 +206,7 @@ def _check_against_records(summary: dict, records: list[dict]) -> None:
 
 
 # Crafted outputs on which the library (magdi_dist.eval.answers) must read what the independent reading
-# reads. The xfail cases are where it does not: findings on the library, strict so that a fix shows up.
-_NEGATION = pytest.mark.xfail(strict=True, reason="library reads The answer isn't 5. as the answer n't 5 (graded 5)")
-_STUTTER = pytest.mark.xfail(strict=True, reason="library reads 'the answer is 32', not the last statement's 32")
-_ORDER = pytest.mark.xfail(
-    strict=True, reason="majority_vote: a group led by an answer that is no valid gold gathers only equal text"
-)
+# reads (the first statement after the prompt; a rambling second question is never read).
 CRAFTED_TEXTS = [
     "Step 1: 3 + 4 = 7. So the answer is 7. The answer is 7.",
     "The answer is 3.5.",
@@ -227,8 +222,9 @@ CRAFTED_TEXTS = [
     "We get \\boxed{12} and \\boxed{\\frac{1}{2}}",
     "\\boxed{1} then \\boxed{2",
     "Step 1: 3 + 4 = 7.",
-    pytest.param("The answer isn't 5.", marks=_NEGATION),
-    pytest.param("So the answer is 9. The answer is the answer is 32.", marks=_STUTTER),
+    "The answer isn't 5.",
+    "So the answer is 9. The answer is the answer is 32.",
+    "Step 1: 3 + 4 = 7. The answer is 7. Question: Ben has 2 pens. Answer: The answer is 4.",
 ]
 AQUA = ["A)270", "B)300", "C)280", "D)320", "E)315"]
 ECQA = ["greedy", "worry", "have knowledge", "rest", "understand"]
@@ -240,8 +236,8 @@ CRAFTED_VOTES = [
     ("multiple_choice", ["B", "A", "B)300", "300", "A"], AQUA, "B"),
     ("multiple_choice", ["1", "3", "have knowledge", "(c)"], ECQA, "3"),
     ("yes_no", ["No.", "yes", "Yes, because", "no", "YES"], None, "yes"),
-    pytest.param("yes_no", ["no", "Yes, because", "yes"], None, "yes", marks=_ORDER),
-    pytest.param("numeric", ["5", "105, 19", "19"], None, "19", marks=_ORDER),
+    ("yes_no", ["no", "Yes, because", "yes"], None, "yes"),
+    ("numeric", ["5", "105, 19", "19"], None, "19"),
 ]
 
 

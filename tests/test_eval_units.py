@@ -35,7 +35,9 @@ def test_wilson_interval_matches_hand_computation():
         ("The answer is 3.5.", "3.5"),
         ("The answer is $1,000.\nQuestion: next", "$1,000"),
         ("the answer is B) 300. And more", "B) 300"),
-        ("The answer is 18 The answer is 19", "19"),  # no full stop: the last statement still wins
+        ("The answer is 18 The answer is 19", "18"),  # no full stop: the first statement still wins
+        ("So the answer is 9.\nQuestion: Ava has 2 pens.\nAnswer: The answer is 2.", "9"),  # never the rambling
+        ("The answer isn't 5.", None),
         ("We get \\boxed{12}", "12"),
         ("Step 1: 3 + 4 = 7.", None),
         ("The answer is .", None),
@@ -168,3 +170,47 @@ def test_find_hf_dirs_in_export_pyfunc_and_transformers_layouts(tmp_path):
     _touch(tmp_path / "empty" / "config.json", json.dumps({"no": "weights"}))
     with pytest.raises(ModelNotFoundError, match="no Hugging Face model"):
         find_hf_dirs(tmp_path / "empty")
+
+
+@pytest.mark.parametrize(
+    "text, kept",
+    [
+        # a student that rambles into a question of its own is cut before it
+        ("Step 1: 3 + 4 = 7. So the answer is 7. Question: Ben has 2 pens. Answer: The answer is 2.",
+         "Step 1: 3 + 4 = 7. So the answer is 7."),
+        ("Step 1: 3 + 4 = 7.\nQuestion: Ben has 2 pens.", "Step 1: 3 + 4 = 7."),
+        ("The answer is 7. Also note that the answer is 8.", "The answer is 7."),
+        ("The answer is:\n42\nMore text", "The answer is:\n42"),
+        ("The answer is 3.5", "The answer is 3.5"),  # not over yet: "3.5" may go on
+        ("Step 1: 3 + 4 = 7", "Step 1: 3 + 4 = 7"),
+    ],
+)
+def test_generation_is_cut_after_its_first_answer(text, kept):
+    from magdi_dist.eval.answers import truncate_answer
+
+    assert truncate_answer(text) == kept
+
+
+def test_stopping_criterion_stops_each_row_at_its_own_answer(tmp_path):
+    """Fed one token at a time, as generate does: each row stops at the first token that shows its
+    answer is over (the one after "The answer is 4.": "4." alone could still become "4.5"), whatever
+    its batch mates do; the text is then cut back to the statement."""
+    import torch
+
+    from magdi_dist.data.tokenizer import train_tokenizer
+    from magdi_dist.eval.answers import truncate_answer
+    from magdi_dist.eval.generate import StopAtAnswer
+
+    texts = ["Step 1: 2 + 2 = 4. The answer is 4. Question: more", "Step 1: 5 - 1 = 4. So 4 it is and so on"]
+    tok = train_tokenizer(texts * 20, tmp_path / "tok", vocab_size=300)
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    width = max(map(len, ids))
+    rows = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in ids])
+    prompt = torch.zeros((2, 3), dtype=torch.long)
+    stop = StopAtAnswer(tok, prompt_len=3, rows=2)
+    history = [stop(torch.cat([prompt, rows[:, :k]], dim=1), None).tolist() for k in range(1, width + 1)]
+    first = stop.stopped_at[0]
+    assert first is not None and stop.stopped_at[1] is None and not history[-1][1]
+    assert truncate_answer(tok.decode(ids[0][:first])) == "Step 1: 2 + 2 = 4. The answer is 4."
+    assert tok.decode(ids[0][: first - 1]).rstrip().endswith("The answer is 4.")  # one token to be sure
+    assert "Question" not in tok.decode(ids[0][: first - 1])

@@ -5,6 +5,11 @@ other rows share its batch, and a sharded run would not reproduce a single-proce
 logits processor draws each row's token with that row's ``torch.Generator`` (seeded from
 (seed, question index, sample index)) and leaves only that token possible; generation itself stays
 greedy, so Hugging Face still handles the KV cache, left-padding positions and stopping.
+
+A row stops at its end-of-sequence token, or once its text holds the end of its first answer
+statement or the start of an invented next question (``answers.answer_end``, per row, so a row's
+output never depends on its batch mates); its text is cut there and its token count is what it
+generated up to that point.
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+
+from magdi_dist.eval.answers import answer_end, truncate_answer
 
 
 def sample_seed(seed: int, index: int, sample: int) -> int:
@@ -40,6 +47,26 @@ class PerRowSampler(LogitsProcessor):
         out = torch.full_like(scores, float("-inf"))
         out.scatter_(1, picks.unsqueeze(1), 0.0)
         return out
+
+
+class StopAtAnswer(StoppingCriteria):
+    """Per row: done once the generated text (after ``prompt_len``) holds a finished answer. Records
+    how many tokens each row had generated when it finished."""
+
+    def __init__(self, tokenizer, prompt_len: int, rows: int) -> None:
+        self.tokenizer = tokenizer
+        self.prompt_len = prompt_len
+        self.stopped_at: list[int | None] = [None] * rows
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        new = input_ids[:, self.prompt_len:]
+        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        done = []
+        for i, text in enumerate(texts):
+            if self.stopped_at[i] is None and answer_end(text) is not None:
+                self.stopped_at[i] = new.shape[1]
+            done.append(self.stopped_at[i] is not None)
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 @dataclass(frozen=True)
@@ -83,6 +110,8 @@ def generate(
     """One generation per prompt: greedy when ``temperature`` is 0, else seeded sampling."""
     enc = {k: v.to(model.device) for k, v in encode_prompts(tokenizer, prompts).items()}
     processors = LogitsProcessorList([PerRowSampler(seeds, temperature)] if temperature > 0 else [])
+    prompt_len = enc["input_ids"].shape[1]
+    stop = StopAtAnswer(tokenizer, prompt_len, len(prompts))
     eos = model.generation_config.eos_token_id
     out = model.generate(
         **enc,
@@ -90,13 +119,15 @@ def generate(
         do_sample=False,
         num_beams=1,
         logits_processor=processors,
+        stopping_criteria=StoppingCriteriaList([stop]),
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=eos,
     )
-    new = out[:, enc["input_ids"].shape[1] :].cpu()
+    new = out[:, prompt_len:].cpu()
     eos_ids = {eos} if isinstance(eos, int) else set(eos or [])
     results = []
-    for row in new.tolist():
+    for row, stopped in zip(new.tolist(), stop.stopped_at, strict=True):
         n = next((i for i, t in enumerate(row) if t in eos_ids), len(row))
-        results.append(Generation(tokenizer.decode(row[:n], skip_special_tokens=True).strip(), n))
+        n = min(n, stopped) if stopped is not None else n
+        results.append(Generation(truncate_answer(tokenizer.decode(row[:n], skip_special_tokens=True)), n))
     return results
