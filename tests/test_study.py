@@ -38,6 +38,9 @@ def _study_file(tmp_path: Path, **changes) -> Path:
         ({"sizes": [{"name": "a", "overrides": {"train.lr": -1}}]}, "train.lr"),
         ({"sizes": [{"name": "a", "overrides": {"train.nonsense": 1}}]}, "nonsense"),
         ({"base_config": "missing.yaml"}, "base_config"),
+        ({"lr_grid": [1e-3, -1e-3]}, "lr_grid"),
+        ({"lr_grid": [1e-3, 1e-3]}, "lr_grid"),
+        ({"variants": [{"name": "v", "lr_grid": [1e-3]}]}, "not to variants"),
     ],
 )
 def test_bad_study_configs_fail_before_anything_runs(tmp_path, changes, message):
@@ -50,12 +53,28 @@ def test_bad_study_configs_fail_before_anything_runs(tmp_path, changes, message)
 def test_cells_share_data_and_differ_only_by_their_axes(tmp_path):
     study = load_study(_study_file(tmp_path, variants=[{"name": "magdi"}, {"name": "ntp", "overrides": {
         "model.margin_weight": 0.0, "model.node_weight": 0.0}}]))
-    configs = {name: study.cell_config(s, v) for name, s, v in study.cells()}
+    configs = {cell.name: study.cell_config(cell) for cell in study.cells()}
     assert sorted(configs) == ["1m-magdi", "1m-ntp", "5m-magdi", "5m-ntp"]
     assert configs["1m-ntp"].model.node_weight == 0.0 and configs["1m-magdi"].model.node_weight == 1.0
     assert configs["5m-magdi"].model.base == "tiny-5m"
     assert len({c.data.model_dump_json() for c in configs.values()}) == 1
     assert len({c.train.output_dir for c in configs.values()}) == 4
+
+
+def test_lr_sweep_cells_and_the_curve_takes_each_sizes_best(tmp_path):
+    from magdi_dist.recipes.study import CellResult, mark_best_lr
+
+    study = load_study(_study_file(tmp_path, lr_grid=[1e-3, 3e-3], sizes=[
+        {"name": "1m", "overrides": {"model.base": "tiny-1m"}},
+        {"name": "5m", "overrides": {"model.base": "tiny-5m"}, "lr_grid": [5e-4]}]))
+    cells = study.cells()
+    assert [c.name for c in cells] == ["1m-magdi-lr0.001", "1m-magdi-lr0.003", "5m-magdi-lr0.0005"]
+    assert [study.cell_config(c).train.lr for c in cells] == [1e-3, 3e-3, 5e-4]
+    results = [CellResult(c.name, c.size.name, c.variant.name, "finished", lr=c.lr, eval_ntp_loss=loss)
+               for c, loss in zip(cells, [1.2, 0.9, 0.8], strict=True)]
+    results.append(CellResult("1m-magdi-lr0.01", "1m", "magdi", "failed", lr=1e-2))
+    mark_best_lr(results)
+    assert [r.best_lr for r in results] == [False, True, True, False]
 
 
 def _check_study(summary: dict, expect_cells: list[str], tracking_uri: str, status: str) -> None:
@@ -68,7 +87,7 @@ def _check_study(summary: dict, expect_cells: list[str], tracking_uri: str, stat
     cells = summary["cells"]
     assert cells[0]["params"] < cells[1]["params"]
     for c in cells:
-        assert 0.0 <= c["accuracy"] <= 1.0 and c["eval_loss"] > 0 and c["flops"] > 0
+        assert 0.0 <= c["accuracy"] <= 1.0 and c["eval_ntp_loss"] > 0 and c["flops"] > 0
     client = MlflowClient(tracking_uri)
     parent = client.get_run(summary["parent_run_id"])
     children = client.search_runs([parent.info.experiment_id],

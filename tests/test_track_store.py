@@ -82,7 +82,7 @@ def test_study_layout_and_summary(tracking_uri, tmp_path):
                 checkpoint_dir=f"/ckpt/{cell}/step-000003",
             )
         rows.append({"cell": cell, "variant": "magdi", "params": np.int64(1000 * (i + 1)), "flops": 1e12 * (i + 1),
-                     "eval_loss": 2.5 - i, "accuracy": 0.2 + i / 10})  # fmt: skip
+                     "eval_ntp_loss": 2.5 - i, "accuracy": 0.2 + i / 10})  # fmt: skip
     fits = fit_scaling(rows)  # the study runner fits and plots; track only logs what it is handed
     png = plot_scaling(rows, tmp_path / "study" / "curve.png", fits=fits)  # logged as scaling_curve.png
     log_study_summary(parent, rows, fits=fits, plot=png, tracking_uri=tracking_uri, rank=0)

@@ -179,7 +179,17 @@ def load_train_data(manifest: str | Path) -> TrainData:
     held = set(split["heldout"])
     keys = rows.question_keys()
     train = rows.subset([i for i, k in enumerate(keys) if k not in held])
-    held_rows = rows.subset([i for i, k in enumerate(keys) if k in held])
+    # Held out: one row per distinct correct chain (a chain is the positive of every pair it is in),
+    # so each chain counts once in the held-out NTP loss.
+    chains = rows.table.select(["mag_id", "pos_node"]).to_pylist()
+    seen: set[tuple] = set()
+    held_idx = []
+    for i, k in enumerate(keys):
+        chain = (chains[int(rows.index[i])]["mag_id"], chains[int(rows.index[i])]["pos_node"])
+        if k in held and chain not in seen:
+            seen.add(chain)
+            held_idx.append(i)
+    held_rows = rows.subset(held_idx)
     tokenizer = rows.manifest["tokenizer"]
     local = rows.manifest_file.parent / tokenizer
     return TrainData(train, held_rows, tokenizer=str(local) if local.is_dir() else tokenizer,

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from magdi_dist.study.config import Axis, StudyConfig
+from magdi_dist.study.config import Cell, StudyConfig
 
 log = logging.getLogger("magdi_dist.study")
 
@@ -36,9 +36,12 @@ class CellResult:
     size: str
     variant: str
     status: str  # finished | skipped | failed
+    lr: float | None = None  # swept learning rate (None: the config's)
+    best_lr: bool = False  # the best of its (size, variant) sweep by eval_ntp_loss: on the curve
     run_id: str | None = None
     params: float | None = None
     flops: float | None = None
+    eval_ntp_loss: float | None = None
     eval_loss: float | None = None
     accuracy: float | None = None
     accuracy_ci: list[float] | None = None
@@ -69,7 +72,7 @@ def _param_count(export_dir: Path) -> int:
 
 
 def _train_summary(output_dir: Path) -> dict:
-    """Final eval loss and total training FLOPs from the run's own metrics.jsonl."""
+    """Final held-out losses and total training FLOPs from the run's own metrics.jsonl."""
     from magdi_dist.train.metrics import read_metrics
 
     path = output_dir / "metrics.jsonl"
@@ -77,6 +80,7 @@ def _train_summary(output_dir: Path) -> dict:
     evals = [r for r in records if "eval_loss" in r]
     steps = [r for r in records if "loss" in r and "eval_loss" not in r]
     return {
+        "eval_ntp_loss": evals[-1].get("eval_ntp_loss") if evals else None,
         "eval_loss": evals[-1]["eval_loss"] if evals else None,
         "train_flops": sum(r.get("flops", 0.0) for r in steps) or None,
         "final_train_loss": steps[-1]["loss"] if steps else None,
@@ -101,29 +105,31 @@ def heldout_data(study: StudyConfig) -> str:
     return str(path)
 
 
-def _run_cell(study: StudyConfig, size: Axis, variant: Axis, ctx: dict) -> CellResult:
+def _run_cell(study: StudyConfig, cell: Cell, ctx: dict) -> CellResult:
     from magdi_dist.launch.ray_train import train_on_ray
     from magdi_dist.recipes.evaluate import EvalConfig, evaluate
     from magdi_dist.track import cell_run, find_cell_run, log_cell_result
     from magdi_dist.track.registry import log_student
 
-    name = f"{size.name}-{variant.name}"
-    cfg = study.cell_config(size, variant)
+    name, size, variant = cell.name, cell.size, cell.variant
+    cfg = study.cell_config(cell)
     resolved = cfg.model_dump(mode="json")
     uri, parent = ctx["uri"], ctx["parent"]
-    result = CellResult(cell=name, size=size.name, variant=variant.name, status="finished")
+    result = CellResult(cell=name, size=size.name, variant=variant.name, status="finished", lr=cell.lr)
     done = find_cell_run(study.experiment, study.name, name, tracking_uri=uri, config=resolved)
     if done is not None:
         m = done.data.metrics
         log.info("study %s: cell %s already finished (run %s): skipped", study.name, name, done.info.run_id)
-        return CellResult(cell=name, size=size.name, variant=variant.name, status="skipped",
+        return CellResult(cell=name, size=size.name, variant=variant.name, status="skipped", lr=cell.lr,
                           run_id=done.info.run_id, params=m.get("param_count"), flops=m.get("train_flops"),
-                          eval_loss=m.get("eval_loss"), accuracy=m.get("eval_accuracy"),
-                          wall_time_s=m.get("wall_time_s"), metrics=dict(m))
+                          eval_ntp_loss=m.get("eval_ntp_loss"), eval_loss=m.get("eval_loss"),
+                          accuracy=m.get("eval_accuracy"), wall_time_s=m.get("wall_time_s"), metrics=dict(m))
     out = Path(cfg.train.output_dir)
     started = time.perf_counter()
-    with cell_run(uri, parent, study.name, name, resolved, rank=0,
-                  tags={"magdi.size": size.name, "magdi.variant": variant.name}) as run_id:
+    tags = {"magdi.size": size.name, "magdi.variant": variant.name}
+    if cell.lr is not None:  # one run of an lr sweep: the sweep it belongs to, and its rate
+        tags.update({"magdi.sweep": f"{size.name}-{variant.name}-lr", "magdi.lr": f"{cell.lr:g}"})
+    with cell_run(uri, parent, study.name, name, resolved, rank=0, tags=tags) as run_id:
         result.run_id = run_id
         summary = train_on_ray(cfg, num_workers=study.num_workers, cpus_per_worker=study.cpus_per_worker,
                                max_failures=study.max_failures, address=study.ray_address,
@@ -138,6 +144,7 @@ def _run_cell(study: StudyConfig, size: Axis, variant: Axis, ctx: dict) -> CellR
         result.wall_time_s = time.perf_counter() - started
         result.params = float(_param_count(export_dir))
         result.flops = train["train_flops"]
+        result.eval_ntp_loss = train["eval_ntp_loss"]
         result.eval_loss = train["eval_loss"]
         result.accuracy = ev["accuracy"]
         result.accuracy_ci = [ev["ci95_low"], ev["ci95_high"]]
@@ -157,6 +164,19 @@ def _run_cell(study: StudyConfig, size: Axis, variant: Axis, ctx: dict) -> CellR
     return result
 
 
+def mark_best_lr(results: list[CellResult]) -> None:
+    """Per (size, variant): the cell with the lowest eval_ntp_loss is its curve point (``best_lr``).
+    Without a sweep every cell is its own best; a group with no loss falls back to its first cell."""
+    groups: dict[tuple[str, str], list[CellResult]] = {}
+    for r in results:
+        if r.status != "failed":
+            groups.setdefault((r.size, r.variant), []).append(r)
+    for group in groups.values():
+        scored = [r for r in group if r.eval_ntp_loss is not None]
+        best = min(scored, key=lambda r: r.eval_ntp_loss) if scored else group[0]
+        best.best_lr = True
+
+
 def run_study(study: StudyConfig) -> dict:
     """Train, evaluate and register every cell; fit and plot the curve; crown the champion."""
     from magdi_dist.track import ensure_experiment, finish_run, log_study_summary, resolve_tracking_uri, start_study_run
@@ -169,14 +189,13 @@ def run_study(study: StudyConfig) -> dict:
     parent = start_study_run(uri, experiment_id, study.name, study.model_dump(mode="json"), rank=0)
     ctx = {"uri": uri, "parent": parent, "heldout": heldout_data(study)}
 
-    def attempt(cell: tuple[str, Axis, Axis]) -> CellResult:
-        name, size, variant = cell
+    def attempt(cell: Cell) -> CellResult:
         try:
-            return _run_cell(study, size, variant, ctx)
+            return _run_cell(study, cell, ctx)
         except Exception as err:  # a failed cell is recorded; the study goes on
-            log.exception("study %s: cell %s failed", study.name, name)
-            return CellResult(cell=name, size=size.name, variant=variant.name, status="failed",
-                              error=f"{type(err).__name__}: {err}")
+            log.exception("study %s: cell %s failed", study.name, cell.name)
+            return CellResult(cell=cell.name, size=cell.size.name, variant=cell.variant.name, status="failed",
+                              lr=cell.lr, error=f"{type(err).__name__}: {err}")
 
     from magdi_dist.preprocess.session import ray_session
 
@@ -186,14 +205,19 @@ def run_study(study: StudyConfig) -> dict:
     with ray_session(study.ray_address, num_cpus=max(os.cpu_count() or 1, need)), \
             ThreadPoolExecutor(max_workers=study.concurrency) as pool:
         results = list(pool.map(attempt, study.cells()))
-    rows = [{"cell": r.cell, "variant": r.variant, "params": r.params, "flops": r.flops,
-             "eval_loss": r.eval_loss, "accuracy": r.accuracy} for r in results if r.status != "failed"]
+    # The curve: each (size, variant) at its best swept lr by held-out NTP loss; every cell in the plot.
+    mark_best_lr(results)
+    every = [{"cell": r.cell, "variant": r.variant, "params": r.params, "flops": r.flops, "lr": r.lr,
+              "eval_ntp_loss": r.eval_ntp_loss, "eval_loss": r.eval_loss, "accuracy": r.accuracy}
+             for r in results if r.status != "failed"]
+    rows = [row for row, r in zip(every, [r for r in results if r.status != "failed"], strict=True) if r.best_lr]
     curve = None
     if rows:  # fit and plot here (track only files results), kept in the output folder too
         from magdi_dist.study.curve import fit_scaling, plot_scaling
 
         curve = fit_scaling(rows)
-        png = plot_scaling(rows, out / "scaling_curve.png", fits=curve, title=f"{study.name}: MAGDi students")
+        png = plot_scaling(rows, out / "scaling_curve.png", fits=curve, title=f"{study.name}: MAGDi students",
+                           sweep=every if len(every) > len(rows) else None)
         (out / "scaling_fit.json").write_text(json.dumps(curve, indent=2, default=str))
         log_study_summary(parent, rows, fits=curve, plot=png, tracking_uri=uri, rank=0)
     champion = None

@@ -9,7 +9,7 @@ cell sees the same MAGs and the comparison is about the student alone.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -21,11 +21,31 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _check_grid(grid: list[float] | None) -> list[float] | None:
+    if grid is not None and (not grid or any(lr <= 0 for lr in grid) or len(set(grid)) != len(grid)):
+        raise ValueError(f"lr_grid must be distinct positive learning rates, got {grid}")
+    return grid
+
+
 class Axis(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
     """Short name, part of the cell name and of the MLflow run name."""
     overrides: dict[str, Any] = Field(default_factory=dict)
     """Dotted config keys -> values, e.g. ``{"model.base": "tiny-5m"}``."""
+    lr_grid: list[float] | None = None
+    """Sizes only: learning rates to sweep for this size (overrides the study's ``lr_grid``)."""
+
+    _lr_grid = field_validator("lr_grid")(classmethod(lambda cls, grid: _check_grid(grid)))
+
+
+class Cell(NamedTuple):
+    """One training run of a study: a size, a variant and, in an lr sweep, its learning rate."""
+
+    name: str
+    size: Axis
+    variant: Axis
+    lr: float | None = None
+    """The swept ``train.lr``; None: the config's own."""
 
 
 class StudyEval(_Section):
@@ -54,6 +74,9 @@ class StudyConfig(_Section):
     """Student sizes: tiny presets on CPU (``model.base: tiny-5m``), hub ids on GPU clusters."""
     variants: list[Axis] = Field(default_factory=lambda: [Axis(name="magdi")])
     """Objective variants, e.g. ntp-only ``{model.margin_weight: 0, model.node_weight: 0}``."""
+    lr_grid: list[float] | None = None
+    """Learning rates every size sweeps (a size's own ``lr_grid`` wins): each (size, variant, lr) is a
+    child run tagged with its sweep; the scaling curve takes each size's best by ``eval_ntp_loss``."""
     model_name: str
     """Registered model name in the MLflow model registry."""
     champion_metric: str = "eval_accuracy"
@@ -83,26 +106,43 @@ class StudyConfig(_Section):
         return axes
 
     @model_validator(mode="after")
+    def _grids_on_sizes(self) -> StudyConfig:
+        if any(v.lr_grid for v in self.variants):
+            raise ValueError("lr_grid belongs to sizes (or the study), not to variants")
+        return self
+
+    @model_validator(mode="after")
     def _champion_direction(self) -> StudyConfig:
         if self.champion_metric.endswith("loss") and self.champion_mode == "max":
             raise ValueError(f"champion_metric {self.champion_metric!r} is a loss: set champion_mode: min")
         return self
 
-    # --- cells -------------------------------------------------------------------------------
-    def cells(self) -> list[tuple[str, Axis, Axis]]:
-        return [(f"{s.name}-{v.name}", s, v) for s in self.sizes for v in self.variants]
+    _lr_grid = field_validator("lr_grid")(classmethod(lambda cls, grid: _check_grid(grid)))
 
-    def cell_config(self, size: Axis, variant: Axis) -> MAGDiConfig:
+    # --- cells -------------------------------------------------------------------------------
+    def cells(self) -> list[Cell]:
+        cells = []
+        for s in self.sizes:
+            grid = s.lr_grid or self.lr_grid or [None]
+            for v in self.variants:
+                for lr in grid:
+                    name = f"{s.name}-{v.name}" + (f"-lr{lr:g}" if lr is not None else "")
+                    cells.append(Cell(name, s, v, lr))
+        return cells
+
+    def cell_config(self, cell: Cell) -> MAGDiConfig:
         """The resolved training config of one cell (validated: a bad override names its key)."""
-        cell = f"{size.name}-{variant.name}"
+        size, variant = cell.size, cell.variant
         items = {**self.overrides, **size.overrides, **variant.overrides}
-        items["train.output_dir"] = str(Path(self.output_dir) / "cells" / cell)
+        if cell.lr is not None:
+            items["train.lr"] = cell.lr
+        items["train.output_dir"] = str(Path(self.output_dir) / "cells" / cell.name)
         overrides = [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
                      for key, value in items.items()]
         try:
             return load_config(self.base_config, overrides)
         except ConfigError as err:
-            raise ConfigError(f"study {self.name}, cell {cell}: {err}") from None
+            raise ConfigError(f"study {self.name}, cell {cell.name}: {err}") from None
 
 
 def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
@@ -138,6 +178,6 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
     if not Path(study.base_config).is_file():
         raise ConfigError(f"{path}: base_config: file not found: {study.base_config}")
     study = study.model_copy(update={"output_dir": durable_path(study.output_dir, storage, key="output_dir")})
-    for _, size, variant in study.cells():  # every cell must resolve before anything starts
-        study.cell_config(size, variant)
+    for cell in study.cells():  # every cell must resolve before anything starts
+        study.cell_config(cell)
     return study

@@ -1,7 +1,10 @@
-"""Scaling curve of a study: a power-law fit of eval loss vs size (and vs compute) and a 2x2 plot.
+"""Scaling curve of a study: a power-law fit of held-out NTP loss vs size (and vs compute) and a 2x2 plot.
 
 Rows are mappings with ``cell``, ``variant`` (objective variant, e.g. ``magdi`` / ``ntp``), ``params``,
-``flops``, ``eval_loss``, ``accuracy``; missing values may be None. The fit is
+``flops``, ``eval_ntp_loss``, ``accuracy``; missing values may be None. The loss axis is
+``eval_ntp_loss``, the mean per-token NTP loss on the held-out questions' correct chains: the one loss
+that means the same thing in every cell (the total MAGDi loss adds node and margin terms whose size
+depends on the objective and on each size's own frozen features). The fit is
 ``loss = a * x^(-b)`` (optionally ``+ c``, an irreducible loss) per variant, with ``x`` the parameter
 count or the training FLOPs. Everything returned is JSON-serialisable; inputs that cannot be fit
 (one point, non-positive values, identical sizes) yield ``{"ok": false, "message": ...}`` rather
@@ -19,8 +22,10 @@ import numpy as np
 
 FORM = "loss = a * x^(-b)"
 FORM_OFFSET = "loss = a * x^(-b) + c"
-PANELS = (("eval_loss", "params"), ("eval_loss", "flops"), ("accuracy", "params"), ("accuracy", "flops"))
-LABELS = {"params": "parameters", "flops": "training FLOPs", "eval_loss": "eval loss", "accuracy": "accuracy"}
+LOSS = "eval_ntp_loss"
+PANELS = ((LOSS, "params"), (LOSS, "flops"), ("accuracy", "params"), ("accuracy", "flops"))
+LABELS = {"params": "parameters", "flops": "training FLOPs", LOSS: "held-out NTP loss (per token)",
+          "accuracy": "accuracy"}
 
 
 def _number(value: Any) -> float | None:
@@ -126,14 +131,16 @@ def _by_variant(rows: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[str
 
 
 def fit_scaling(rows: Iterable[Mapping[str, Any]], *, offset: bool = False) -> dict[str, Any]:
-    """Per objective variant: eval-loss power laws vs parameters and vs FLOPs (the JSON summary)."""
+    """Per objective variant: held-out NTP loss power laws vs parameters and vs FLOPs (the JSON summary,
+    which names the metric it fitted)."""
     rows = list(rows)
-    summary: dict[str, Any] = {"form": FORM_OFFSET if offset else FORM, "n_rows": len(rows), "variants": {}}
+    summary: dict[str, Any] = {"metric": LOSS, "form": FORM_OFFSET if offset else FORM, "n_rows": len(rows),
+                               "variants": {}}
     if not rows:
         summary["message"] = "no rows: nothing to fit"
         return summary
     for variant, group in sorted(_by_variant(rows).items()):
-        losses = [r.get("eval_loss") for r in group]
+        losses = [r.get(LOSS) for r in group]
         summary["variants"][variant] = {
             "cells": [r.get("cell") for r in group],
             "vs_params": fit_power_law([r.get("params") for r in group], losses, offset=offset),
@@ -148,11 +155,14 @@ def plot_scaling(
     *,
     fits: Mapping[str, Any] | None = None,
     title: str = "scaling study",
+    sweep: Iterable[Mapping[str, Any]] | None = None,
 ) -> Path:
-    """2x2 PNG: eval loss and accuracy vs parameters and vs FLOPs (log x), one line per variant.
+    """2x2 PNG: held-out NTP loss and accuracy vs parameters and vs FLOPs (log x), one line per variant.
 
     Fitted curves from ``fits`` (the output of :func:`fit_scaling`) are drawn dashed on the loss
-    panels. Uses a bare ``Figure`` (Agg canvas), never pyplot: no global backend, no GUI, thread-safe.
+    panels. ``sweep``: every cell of an lr sweep, drawn as small crosses behind the curve, whose points
+    (``rows``, each size's best lr) are labelled with their lr. Uses a bare ``Figure`` (Agg canvas),
+    never pyplot: no global backend, no GUI, thread-safe.
     """
     from matplotlib.figure import Figure
 
@@ -161,8 +171,15 @@ def plot_scaling(
     fig = Figure(figsize=(11, 8), layout="constrained")
     axes = fig.subplots(2, 2)
     colors = [f"C{i}" for i in range(10)]
+    swept = _by_variant(sweep or [])
     for ax, (metric, xkey) in zip(axes.flat, PANELS, strict=True):
         drawn = False
+        for i, (variant, group) in enumerate(sorted(swept.items())):
+            pts = [(_number(r.get(xkey)), _number(r.get(metric))) for r in group]
+            pts = [(x, y) for x, y in pts if x is not None and y is not None and x > 0]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "x", color=colors[i % len(colors)], alpha=0.35,
+                        label=f"{variant} lr sweep")
         for i, (variant, group) in enumerate(sorted(groups.items())):
             pts = sorted(
                 (x, y)
@@ -174,8 +191,14 @@ def plot_scaling(
             color = colors[i % len(colors)]
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=color, label=variant)
             drawn = True
+            if sweep:  # say which lr each curve point is
+                for r in group:
+                    x, y = _number(r.get(xkey)), _number(r.get(metric))
+                    if x is not None and y is not None and x > 0 and r.get("lr") is not None:
+                        ax.annotate(f"lr {r['lr']:g}", (x, y), textcoords="offset points", xytext=(4, 4),
+                                    fontsize="x-small", color=color)
             fit = ((fits or {}).get("variants", {}).get(variant, {}) or {}).get(f"vs_{xkey}")
-            if metric == "eval_loss" and fit and fit.get("ok"):
+            if metric == LOSS and fit and fit.get("ok"):
                 grid = np.geomspace(min(fit["x"]), max(fit["x"]), 50)
                 curve = fit["a"] * np.power(grid, -fit["b"]) + (fit["c"] or 0.0)
                 ax.plot(grid, curve, "--", color=color, alpha=0.7, label=f"{variant} fit (b={fit['b']:.3g})")

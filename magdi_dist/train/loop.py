@@ -97,8 +97,11 @@ def _collate(cfg: MAGDiConfig, rows, pad_id: int, epoch: int, device):
 
 
 def evaluate(engine, cfg: MAGDiConfig, rows, pad_id: int, info: DistInfo) -> dict | None:
-    """Mean loss terms on the held-out rows (rank-disjoint, every rank the same number of batches, as
-    ZeRO-3 forwards are collective). The RNG is forked so evaluation never shifts training randomness."""
+    """Loss terms on the held-out rows (rank-disjoint, every rank the same number of batches, as
+    ZeRO-3 forwards are collective). ``eval_ntp_loss`` is the mean per-token NTP loss over every target
+    token of the held-out correct chains, the number a scaling study compares across sizes and
+    objectives (same tokenizer, same chains); the other terms are means over batches. The RNG is
+    forked so evaluation never shifts training randomness."""
     t = cfg.train
     lengths = [max(len(r["pos_input_ids"]), len(r["neg_input_ids"]) or 1) for r in rows]
     if len(rows) < t.micro_batch_size * info.world_size:
@@ -108,13 +111,23 @@ def evaluate(engine, cfg: MAGDiConfig, rows, pad_id: int, info: DistInfo) -> dic
     sampler = LengthGroupedSampler(lengths, t.micro_batch_size, info.world_size, info.rank, shuffle=False)
     batches = sampler.epoch_batches(0)[: t.eval_max_batches]
     acc = StepAccumulator(info.device)
+    token_sums = torch.zeros(2, dtype=torch.float64)  # NTP loss x target tokens, target tokens
     engine.eval()
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         for idx in batches:
-            acc.add(engine(_collate(cfg, [rows[i] for i in idx], pad_id, 0, info.device)), 0.0)
+            out = engine(_collate(cfg, [rows[i] for i in idx], pad_id, 0, info.device))
+            acc.add(out, 0.0)
+            n = float(out["num_target_tokens"])
+            token_sums += torch.tensor([float(out["ntp_loss"]) * n, n], dtype=torch.float64)
     engine.train()
     red = acc.reduce()
-    return {f"eval_{k}": red[k] for k in ("loss", "ntp_loss", "margin_loss", "node_loss")}
+    token_sums = token_sums.to(info.device)
+    if torch.distributed.is_initialized() and info.world_size > 1:
+        torch.distributed.all_reduce(token_sums)
+    ntp_sum, targets = token_sums.cpu().tolist()
+    return {"eval_loss": red["loss"], "eval_ntp_loss": ntp_sum / max(targets, 1.0),
+            "eval_margin_loss": red["margin_loss"], "eval_node_loss": red["node_loss"],
+            "eval_target_tokens": targets}
 
 
 def _grad_norm_stage0(engine) -> float:
