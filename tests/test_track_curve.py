@@ -58,11 +58,13 @@ def test_degenerate_inputs_give_messages(x, y, offset, needle):
 
 def test_fit_scaling_per_variant_and_empty():
     rows = [
-        {"cell": f"c{i}", "variant": v, "params": n, "flops": 6 * n * 1e6, "eval_ntp_loss": k * n**-0.1, "accuracy": 0.5}
+        {"cell": f"c{i}", "variant": v, "params": n, "flops": 6 * n * 1e6, "eval_ntp_loss": k * n**-0.1,
+         "accuracy": 0.5}
         for i, n in enumerate(SIZES[:3])
         for v, k in (("magdi", 5.0), ("ntp", 6.0))
     ]
-    rows.append({"cell": "one", "variant": "lonely", "params": 1e6, "flops": 1e12, "eval_ntp_loss": 3.0, "accuracy": None})
+    rows.append({"cell": "one", "variant": "lonely", "params": 1e6, "flops": 1e12, "eval_ntp_loss": 3.0,
+                 "accuracy": None})
     summary = fit_scaling(rows)
     _json_ok(summary)
     assert set(summary["variants"]) == {"magdi", "ntp", "lonely"}
@@ -77,11 +79,13 @@ def test_plot_is_a_png(tmp_path):
     import matplotlib.image as mpimg
 
     rows = [
-        {"cell": f"c{i}", "variant": v, "params": n, "flops": 6 * n * 1e6, "eval_ntp_loss": k * n**-0.1, "accuracy": i / 4}
+        {"cell": f"c{i}", "variant": v, "params": n, "flops": 6 * n * 1e6, "eval_ntp_loss": k * n**-0.1,
+         "accuracy": i / 4}
         for i, n in enumerate(SIZES[:4])
         for v, k in (("magdi", 5.0), ("ntp", 6.0))
     ]
-    rows.append({"cell": "bad", "variant": "magdi", "params": 0, "flops": None, "eval_ntp_loss": None, "accuracy": None})
+    rows.append({"cell": "bad", "variant": "magdi", "params": 0, "flops": None, "eval_ntp_loss": None,
+                 "accuracy": None})
     path = plot_scaling(rows, tmp_path / "sub" / "curve.png", fits=fit_scaling(rows), title="test")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     image = mpimg.imread(path)
