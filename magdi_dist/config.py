@@ -90,6 +90,11 @@ class StudentConfig(_Section):
     graph_features: Literal["frozen", "live"] = "frozen"
     """frozen: node features from the base student, the node loss trains only the GCN (reference).
     live: this batch's chains replace their nodes' features, so the node loss trains the LM too."""
+    feature_model: str | dict[str, Any] | None = None
+    """frozen only: compute the node features with this model instead of the student's own untrained
+    base (same forms as ``base``; tiny presets are seeded with ``seed``). A study names one for every
+    cell so every size's graph objective sees the same features, and a from-scratch student gets
+    informative ones from a pretrained model. None: the student's base (the reference)."""
     live_extra_nodes: int = Field(0, ge=0)
     """live only: run up to this many more nodes per graph through the LM (bounded extra compute)."""
     live_node_max_tokens: int = Field(256, ge=1)
@@ -115,6 +120,13 @@ class StudentConfig(_Section):
     answer_only_loss: bool = False
     """NTP only on the final answer sentence ("The answer is X." + eos) instead of the whole chain.
     The prompt is never a target. Applied when rows are built (RowConfig.answer_only_loss)."""
+
+
+    @model_validator(mode="after")
+    def _features_from_one_place(self) -> StudentConfig:
+        if self.feature_model is not None and self.graph_features == "live":
+            raise ValueError("feature_model is for frozen graph features; live features are the student's own")
+        return self
 
 
 class PreprocessConfig(_Section):

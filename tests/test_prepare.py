@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from magdi_dist.config import ConfigError, durable_path, load_config, with_durable_outputs
-from magdi_dist.data.shards import load_train_data
+from magdi_dist.data.shards import ShardDataset, load_train_data
 from magdi_dist.launch.jobs import build_runtime_env, entrypoint
 from magdi_dist.preprocess.manifest import load_manifest
 from magdi_dist.preprocess.prepare import prepare_data, resolve
@@ -70,7 +70,11 @@ def test_rows_split_by_the_manifests_record(config_run):
     cfg, _, manifest, _ = config_run
     data = load_train_data(manifest)
     record = load_manifest(manifest)["split"]
-    assert len(data.train) + len(data.eval) == load_manifest(manifest)["totals"]["rows"] and len(data.eval) > 0
+    every = list(ShardDataset(manifest))
+    held_chains = [(r["mag_id"], r["pos_node"]) for r in every if r["question_key"] in set(record["heldout"])]
+    assert len(data.train) + len(held_chains) == len(every) and len(data.eval) > 0
+    # Held out: each correct chain once (it is the positive of every pair it is in).
+    assert [(r["mag_id"], r["pos_node"]) for r in data.eval] == list(dict.fromkeys(held_chains))
     assert (record["eval_fraction"], record["seed"], record["questions"]) == (0.2, 0, 30)
     assert record["heldout_questions"] == len(record["heldout"]) > 0
     # Independently of the split code: held-out rows are exactly those of the recorded questions, and
@@ -161,3 +165,25 @@ def test_job_entrypoint_and_runtime_env(tmp_path):
     env = build_runtime_env(repo, {"B": "2"})
     assert env == {"excludes": ["runs/"], "env_vars": {"A": "1", "B": "2"}, "working_dir": str(repo)}
     json.dumps(env)  # what the job SDK sends must be plain JSON
+
+
+def test_one_feature_model_gives_every_size_the_same_shards(tmp_path):
+    """model.feature_model: students of different sizes get identical node features (and shards),
+    of the feature model's width; without it each size's shards carry its own base's features."""
+    sizes = ["{hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64}",
+             "{hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 4, intermediate_size: 128}"]
+    feature = ("model.feature_model="
+               "{hidden_size: 48, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 96}")
+    manifests = {}
+    for fixed in (True, False):
+        for i, base in enumerate(sizes):
+            cfg = load_config(TINY, [*SMALL, f"model.base={base}", *([feature] if fixed else []),
+                                     f"train.output_dir={tmp_path / f'{fixed}-{i}'}"])
+            manifests[fixed, i] = load_manifest(prepare_data(cfg, engine="local", log=lambda _m: None).manifest)
+    same = [manifests[True, i] for i in range(2)]
+    assert same[0]["feature_dim"] == same[1]["feature_dim"] == 48
+    assert [s["sha256"] for s in same[0]["shards"]] == [s["sha256"] for s in same[1]["shards"]]
+    own = [manifests[False, i] for i in range(2)]
+    assert [m["feature_dim"] for m in own] == [32, 64] and own[0]["fingerprint"] != own[1]["fingerprint"]
+    with pytest.raises(ConfigError, match="feature_model is for frozen"):
+        load_config(TINY, [feature, "model.graph_features=live"])

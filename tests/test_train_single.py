@@ -60,3 +60,17 @@ def test_lora_bf16_accumulation_zero3_offload_export_on_real_mags(tmp_path, shar
     model = AutoModelForCausalLM.from_pretrained(export)
     ids = tok("Question: Ben has 5 pens.\nAnswer: ", return_tensors="pt")
     assert model.generate(**ids, max_new_tokens=4, do_sample=False).shape[1] > ids["input_ids"].shape[1]
+
+
+def test_student_trains_on_features_of_another_model(tmp_path):
+    """model.feature_model: the GCN reads the feature model's width (48), not the student's (64)."""
+    import json
+
+    out = tmp_path / "fm"
+    cfg = write_config(tmp_path / "small.yaml", SMALL)
+    single_process(cfg, f"train.output_dir={out}", "train.max_steps=2",
+                   "model.feature_model={hidden_size: 48, num_hidden_layers: 1, num_attention_heads: 2, "
+                   "intermediate_size: 96}")
+    assert len(losses(out)) == 2
+    assert json.loads((out / "export" / "graph_encoder.json").read_text())["in_dim"] == 48
+    assert json.loads((out / "shards" / "manifest.json").read_text())["feature_dim"] == 48

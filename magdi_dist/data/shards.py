@@ -162,6 +162,8 @@ class TrainData:
     """The manifest's fingerprint (what the data is), logged with a run."""
     split: dict | None = None
     """The manifest's split entry (rule, fraction, seed, counts, held-out question keys)."""
+    feature_dim: int | None = None
+    """Width of the rows' frozen node features."""
 
     def lengths(self) -> list[int]:
         """Padded width each training row needs (the longer chain of the pair)."""
@@ -193,4 +195,4 @@ def load_train_data(manifest: str | Path) -> TrainData:
     tokenizer = rows.manifest["tokenizer"]
     local = rows.manifest_file.parent / tokenizer
     return TrainData(train, held_rows, tokenizer=str(local) if local.is_dir() else tokenizer,
-                     fingerprint=rows.fingerprint, split=split)
+                     fingerprint=rows.fingerprint, split=split, feature_dim=rows.feature_dim)

@@ -26,7 +26,10 @@ from magdi_dist.model.losses import margin_ranking_loss, node_loss, ntp_loss, po
 
 
 class MAGDiStudent(nn.Module):
-    def __init__(self, cfg: StudentConfig, lm: nn.Module | None = None, tokenizer=None):
+    def __init__(self, cfg: StudentConfig, lm: nn.Module | None = None, tokenizer=None,
+                 feature_dim: int | None = None):
+        """``feature_dim``: width of the frozen node features (the data's; default the LM hidden
+        size, which it is unless ``cfg.feature_model`` names another model)."""
         super().__init__()
         self.cfg = cfg
         self.lm = lm if lm is not None else load_lm(
@@ -38,7 +41,7 @@ class MAGDiStudent(nn.Module):
         scorer_hidden = cfg.scorer_hidden or hidden
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed + 1)
-            self.encoder = GraphEncoder(hidden, cfg.gcn_hidden, cfg.gcn_layers, cfg.gcn_dropout)
+            self.encoder = GraphEncoder(feature_dim or hidden, cfg.gcn_hidden, cfg.gcn_layers, cfg.gcn_dropout)
             # Reference: tanh(mlp2(relu(mlp1(pooled)))), mlp1 H -> H.
             self.scorer = nn.Sequential(nn.Linear(hidden, scorer_hidden), nn.ReLU(), nn.Linear(scorer_hidden, 1))
 

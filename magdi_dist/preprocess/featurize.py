@@ -47,7 +47,8 @@ def load_tokenizer(path: str):
 
 
 def load_feature_model(spec: FeatureSpec, device: str = "cpu"):
-    """The frozen base student, in eval mode (no dropout: features must be a function of the text)."""
+    """The frozen feature model (the untrained student, or ``model.feature_model``), in eval mode (no
+    dropout: features must be a function of the text)."""
     from magdi_dist.model import load_lm
 
     # The student's own LM before training, as MAGDiStudent builds it (LoRA and activation
@@ -132,7 +133,7 @@ def feature_spec_from_config(cfg, tokenizer_dir: str) -> FeatureSpec:
     m = cfg.model
     return FeatureSpec(
         tokenizer=tokenizer_dir,
-        model=m.base,
+        model=m.feature_model if m.feature_model is not None else m.base,
         seed=m.seed,
         dtype=m.dtype,
         trust_remote_code=m.trust_remote_code,

@@ -29,7 +29,7 @@ def _graph_encoder_config(student, cfg: MAGDiConfig) -> dict:
     m = cfg.model
     return {
         "format_version": GRAPH_ENCODER_FORMAT,
-        "in_dim": student.hidden_size,
+        "in_dim": student.encoder.convs[0].in_channels,
         "gcn_hidden": m.gcn_hidden,
         "gcn_layers": m.gcn_layers,
         "gcn_dropout": m.gcn_dropout,
@@ -75,8 +75,10 @@ def export(engine, cfg: MAGDiConfig, tokenizer, out_dir: Path, rank: int) -> Pat
     if rank == 0:
         state = torch.load(tmp / "state.bin", map_location="cpu", weights_only=True)
         # Gradient checkpointing is a training-time setting; the fresh student only holds weights.
+        # The GCN's input width is the frozen features' (model.feature_model may differ from the LM).
+        first = next(v for k, v in state.items() if k.startswith("encoder.convs.0.") and v.ndim == 2)
         student = MAGDiStudent(cfg.model.model_copy(update={"gradient_checkpointing": False}),
-                               tokenizer=tokenizer)
+                               tokenizer=tokenizer, feature_dim=int(first.shape[1]))
         missing, unexpected = student.load_state_dict(state, strict=False)
         # Tied embeddings may appear under one name only; anything else missing is a real error.
         is_tied = getattr(unwrap_lm(student.lm).config, "tie_word_embeddings", False)

@@ -175,7 +175,7 @@ def train(cfg: MAGDiConfig, data: TrainData, *, resume: bool = True,
     _check_split(cfg, data)
     t0 = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(data.tokenizer)
-    student = MAGDiStudent(cfg.model, tokenizer=tokenizer)
+    student = MAGDiStudent(cfg.model, tokenizer=tokenizer, feature_dim=data.feature_dim)
     log.info("student ready in %.1fs (%d training rows, %d held-out rows, data %s)", time.perf_counter() - t0,
              len(data.train), len(data.eval), data.fingerprint[:12])
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
