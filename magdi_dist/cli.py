@@ -266,6 +266,8 @@ def study(
 def demo(
     out: Path = typer.Option(Path("runs/demo"), help="Output folder (data, shards, checkpoints, MLflow store)."),
     quick: bool = typer.Option(False, help="CI-sized variant: two small students, a few steps."),
+    lr_sweep: bool = typer.Option(False, "--lr-sweep", help="Sweep each size's learning rate (how the demo's "
+                                  "rates were chosen; about 30 minutes on 2 cores)."),
 ) -> None:
     """The whole pipeline on SYNTHETIC data: preprocess with Ray, train 3 student sizes with DeepSpeed
     ZeRO-2 on 2 CPU ranks, log the study in MLflow, register the champion and ask it a question."""
@@ -276,7 +278,7 @@ def demo(
     from magdi_dist.study.report import format_summary, mlflow_ui_command
 
     started = time.perf_counter()
-    summary = run_study(load_demo(out, quick=quick))
+    summary = run_study(load_demo(out, quick=quick, lr_sweep=lr_sweep))
     typer.echo(format_summary(summary))
     if summary["champion"]:
         question, answer = ask_champion(summary)

@@ -18,6 +18,7 @@ from magdi_dist.study.config import load_study
 from magdi_dist.study.demo import write_demo_study
 
 ROOT = Path(__file__).resolve().parents[1]
+QUICK_CELLS = ["1m-magdi-lr0.003", "1m-magdi-lr0.01", "5m-magdi"]
 
 
 def _study_file(tmp_path: Path, **changes) -> Path:
@@ -54,11 +55,16 @@ def test_cells_share_data_and_differ_only_by_their_axes(tmp_path):
     study = load_study(_study_file(tmp_path, variants=[{"name": "magdi"}, {"name": "ntp", "overrides": {
         "model.margin_weight": 0.0, "model.node_weight": 0.0}}]))
     configs = {cell.name: study.cell_config(cell) for cell in study.cells()}
-    assert sorted(configs) == ["1m-magdi", "1m-ntp", "5m-magdi", "5m-ntp"]
-    assert configs["1m-ntp"].model.node_weight == 0.0 and configs["1m-magdi"].model.node_weight == 1.0
+    assert sorted(configs) == ["1m-magdi-lr0.003", "1m-magdi-lr0.01", "1m-ntp-lr0.003", "1m-ntp-lr0.01",
+                               "5m-magdi", "5m-ntp"]  # the quick demo sweeps the 1m size's lr
+    assert configs["1m-ntp-lr0.01"].model.node_weight == 0.0 and configs["1m-magdi-lr0.01"].model.node_weight == 1.0
+    assert configs["1m-ntp-lr0.01"].train.lr == 1e-2 and configs["5m-ntp"].train.lr == 3e-3
     assert configs["5m-magdi"].model.base == "tiny-5m"
     assert len({c.data.model_dump_json() for c in configs.values()}) == 1
-    assert len({c.train.output_dir for c in configs.values()}) == 4
+    assert len({c.train.output_dir for c in configs.values()}) == 6
+    # One feature model and one shard folder for every size: the data is prepared once.
+    assert {c.model.feature_model for c in configs.values()} == {"tiny-1m"}
+    assert len({c.preprocess.out_dir for c in configs.values()}) == 1
 
 
 def test_lr_sweep_cells_and_the_curve_takes_each_sizes_best(tmp_path):
@@ -85,7 +91,9 @@ def _check_study(summary: dict, expect_cells: list[str], tracking_uri: str, stat
     assert [c["cell"] for c in summary["cells"]] == expect_cells
     assert {c["status"] for c in summary["cells"]} == {status}
     cells = summary["cells"]
-    assert cells[0]["params"] < cells[1]["params"]
+    assert cells[0]["params"] < cells[-1]["params"]
+    # The 1m size swept two learning rates: one child run each, the better one on the curve.
+    assert sum(c["best_lr"] for c in cells if c["size"] == "1m") == 1 and cells[-1]["best_lr"]
     for c in cells:
         assert 0.0 <= c["accuracy"] <= 1.0 and c["eval_ntp_loss"] > 0 and c["flops"] > 0
     client = MlflowClient(tracking_uri)
@@ -99,8 +107,12 @@ def _check_study(summary: dict, expect_cells: list[str], tracking_uri: str, stat
         assert len(history) >= 2, "rank 0 logs per-step metrics from inside the Ray Train worker"
         assert run.data.metrics["param_count"] > 0 and "eval_accuracy" in run.data.metrics
         assert run.data.tags["magdi.data_hash"] and run.data.tags["magdi.checkpoint"]
+        assert ("magdi.sweep" in run.data.tags) == run.data.tags["magdi.cell"].startswith("1m")
+        assert "eval_ntp_loss" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"scaling_curve.png", "scaling_fit.json"} <= artifacts
+    fit = client.download_artifacts(parent.info.run_id, "scaling_fit.json")
+    assert json.loads(Path(fit).read_text())["metric"] == "eval_ntp_loss"
     mlflow.set_tracking_uri(tracking_uri)
     answer = mlflow.pyfunc.load_model(summary["champion"]["uri"]).predict(["Ava has 3 pens. Ava gets 4 more. "
                                                                           "How many pens does Ava have now?"])
@@ -121,14 +133,14 @@ def test_demo_quick_through_the_cli_then_rerun_skips(tmp_path):
     summary = json.loads((out / "study_summary.json").read_text())
     assert Path(summary["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with mlflow_globals_restored():
-        _check_study(summary, ["1m-magdi", "5m-magdi"], summary["tracking_uri"], "finished")
+        _check_study(summary, QUICK_CELLS, summary["tracking_uri"], "finished")
 
     again = subprocess.run([sys.executable, "-m", "magdi_dist.cli", "study", "--config",
                             str(out / "demo_study.yaml"), "--json"], cwd=ROOT, capture_output=True, text=True,
                            timeout=600)
     assert again.returncode == 0, again.stderr[-4000:]
     rerun = json.loads(again.stdout.strip().splitlines()[-1])
-    assert [c["status"] for c in rerun["cells"]] == ["skipped", "skipped"]
+    assert [c["status"] for c in rerun["cells"]] == ["skipped"] * len(QUICK_CELLS)
     assert rerun["parent_run_id"] == summary["parent_run_id"]
 
 
@@ -139,4 +151,4 @@ def test_study_against_an_mlflow_server(tmp_path):
     with running_mlflow_server(tmp_path / "server") as url, mlflow_globals_restored():
         study = load_study(_study_file(tmp_path, tracking_uri=url, name="server-study"))
         summary = run_study(study)
-        _check_study(summary, ["1m-magdi", "5m-magdi"], url, "finished")
+        _check_study(summary, QUICK_CELLS, url, "finished")

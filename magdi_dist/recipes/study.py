@@ -107,6 +107,7 @@ def heldout_data(study: StudyConfig) -> str:
 
 def _run_cell(study: StudyConfig, cell: Cell, ctx: dict) -> CellResult:
     from magdi_dist.launch.ray_train import train_on_ray
+    from magdi_dist.preprocess.prepare import shards_dir
     from magdi_dist.recipes.evaluate import EvalConfig, evaluate
     from magdi_dist.track import cell_run, find_cell_run, log_cell_result
     from magdi_dist.track.registry import log_student
@@ -152,7 +153,7 @@ def _run_cell(study: StudyConfig, cell: Cell, ctx: dict) -> CellResult:
         metrics = {"eval_accuracy": ev["accuracy"], **{k: v for k, v in train.items() if v is not None and
                                                         k != "train_flops"}}
         result.metrics = metrics
-        data_hash = _sha256(out / "shards" / "manifest.json")
+        data_hash = _sha256(shards_dir(cfg) / "manifest.json")
         log_cell_result(uri, run_id, rank=0, eval_metrics=metrics, param_count=int(result.params),
                         train_flops=result.flops, wall_time_s=result.wall_time_s, data_hash=data_hash,
                         checkpoint_dir=summary.get("checkpoint"))

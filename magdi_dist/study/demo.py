@@ -14,43 +14,55 @@ import yaml
 
 from magdi_dist.study.config import StudyConfig, load_study
 
-# The shared training config of every demo cell (ZeRO-2, 2 ranks, synthetic data). Sizes differ
-# only in ``model.base``; everything else, data and tokenizer included, is the same for all cells.
+# The shared training config of every demo cell (ZeRO-2, 2 ranks, synthetic data). Sizes differ in
+# ``model.base`` and their learning rate only; data, tokenizer, node features and steps are the same.
 #
-# The budget, measured on an idle 2-core machine (README, "The demo"): each cell's frozen node
-# features are a forward pass of that cell's own base student over every node text, so the feature
-# pass costs as much as a fraction of an epoch of training (257 s for tiny-20m over 600 MAGs with one
-# actor); 300 MAGs in 4 shards feed 2 feature actors. Training costs 0.26 / 0.88 / 2.5 s per step for
-# tiny-1m / 5m / 20m on 2 ranks, so all three sizes get the same 100 steps (1600 pairs, 0.8 epoch):
-# the same data and token budget for every size, as a scaling study needs.
+# The budget (measured on an idle 2-core machine, README "The demo"): 1,200 synthetic MAGs give
+# 8,666 pair rows (chains of at most 58 tokens); a step of 2 ranks x 8 pairs takes 0.09 / 0.31 /
+# 1.16 s for tiny-1m / 5m / 20m, so 400 steps (0.74 epoch, 6,400 pairs) cost ~10 minutes for the three
+# sizes, and one shared preprocessing pass ~25 s.
 DEMO_TRAIN = {
     "model": {"base": "tiny-1m", "gcn_hidden": 64},
-    "data": {"synthetic": {"n": 300, "agents": 3, "rounds": 3, "seed": 0}, "max_len": 96, "vocab_size": 512,
+    "data": {"synthetic": {"n": 1200, "agents": 3, "rounds": 3, "seed": 0}, "max_len": 96, "vocab_size": 512,
              "eval_fraction": 0.1},
-    "train": {"max_steps": 100, "micro_batch_size": 8, "lr": 3.0e-3, "warmup_steps": 10, "schedule": "cosine",
-              "deepspeed": "zero2", "eval_every": 100, "save_every": 50, "keep_last_k": 1, "progress": False},
-    "preprocess": {"records_per_shard": 75, "concurrency": 2},
+    "train": {"max_steps": 400, "micro_batch_size": 8, "lr": 3.0e-3, "warmup_steps": 20, "schedule": "cosine",
+              "deepspeed": "zero2", "eval_every": 400, "save_every": 200, "keep_last_k": 1, "progress": False},
+    "preprocess": {"records_per_shard": 150, "concurrency": 2},
 }
-DEMO_SIZES = [("1m", "tiny-1m"), ("5m", "tiny-5m"), ("20m", "tiny-20m")]
+# Each size's learning rate: the best by held-out NTP loss in the sweep ``magdi-dist demo --lr-sweep``
+# (the grids below, same budget), run once and recorded in docs/demo_lr_sweep.md.
+DEMO_SIZES = [("1m", "tiny-1m", 1.0e-2), ("5m", "tiny-5m", 3.0e-3), ("20m", "tiny-20m", 3.0e-3)]
+SWEEP_GRIDS = {"1m": [3.0e-3, 1.0e-2, 3.0e-2], "5m": [1.0e-3, 3.0e-3, 1.0e-2], "20m": [1.0e-3, 3.0e-3]}
 
 
-def write_demo_study(out: Path, *, quick: bool = False) -> Path:
-    """Write the demo's training and study configs under ``out``; ``quick`` is the CI variant (two
-    small sizes, a few steps) that exercises every stage in a fraction of the time."""
+def write_demo_study(out: Path, *, quick: bool = False, lr_sweep: bool = False) -> Path:
+    """Write the demo's training and study configs under ``out``. ``quick`` is the CI variant (two
+    small sizes, a few steps, a two-point lr sweep on the smallest) that exercises every stage in a
+    fraction of the time; ``lr_sweep`` sweeps each size's learning rate instead of using the chosen one.
+
+    Every cell shares one shard folder and one frozen feature model (tiny-1m, seed 0): the students
+    are random-init, so their own untrained bases would give each size different random node features
+    (and cost each size a feature pass); one fixed model gives every size's graph objective the same
+    features, and the data is prepared once."""
     out.mkdir(parents=True, exist_ok=True)
     train = yaml.safe_load(yaml.safe_dump(DEMO_TRAIN))
-    sizes = DEMO_SIZES
+    sizes = [{"name": name, "overrides": {"model.base": base, "train.lr": lr}} for name, base, lr in DEMO_SIZES]
+    if lr_sweep:
+        for size in sizes:
+            size["lr_grid"] = SWEEP_GRIDS[size["name"]]
     evaluation = {"synthetic_n": 100, "max_new_tokens": 48}
     if quick:
         train["data"]["synthetic"]["n"] = 60
-        train["train"].update(max_steps=6, eval_every=3, save_every=3)
-        sizes = DEMO_SIZES[:2]
+        train["train"].update(max_steps=6, eval_every=3, save_every=3, warmup_steps=2)
+        sizes = sizes[:2]
+        sizes[0]["lr_grid"] = [3.0e-3, 1.0e-2]
         evaluation = {"synthetic_n": 8, "max_new_tokens": 16}
     (out / "demo_train.yaml").write_text(yaml.safe_dump(train, sort_keys=False))
     study = {
-        "name": "demo-quick" if quick else "demo",
+        "name": ("demo-quick" if quick else "demo") + ("-lr-sweep" if lr_sweep else ""),
         "base_config": "demo_train.yaml",
-        "sizes": [{"name": name, "overrides": {"model.base": base}} for name, base in sizes],
+        "overrides": {"model.feature_model": "tiny-1m", "preprocess.out_dir": str(out / "shards")},
+        "sizes": sizes,
         "variants": [{"name": "magdi"}],
         "model_name": "magdi-demo-student",
         "champion_metric": "eval_accuracy",
@@ -64,8 +76,8 @@ def write_demo_study(out: Path, *, quick: bool = False) -> Path:
     return path
 
 
-def load_demo(out: Path, *, quick: bool = False) -> StudyConfig:
-    return load_study(write_demo_study(out, quick=quick))
+def load_demo(out: Path, *, quick: bool = False, lr_sweep: bool = False) -> StudyConfig:
+    return load_study(write_demo_study(out, quick=quick, lr_sweep=lr_sweep))
 
 
 def ask_champion(summary: dict) -> tuple[str, str]:
