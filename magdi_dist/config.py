@@ -1,5 +1,6 @@
-"""The run configuration: one typed tree (model / data / train) loaded from YAML plus ``key.sub=value``
-overrides, validated before any process starts.
+"""The run configuration: one typed tree (model / data / train / preprocess) loaded from YAML plus
+``key.sub=value`` overrides, validated before any process starts. The top of the package: it imports
+nothing from the packages it configures.
 
 Every section forbids unknown keys, so a typo is an error naming the key instead of a silently ignored
 setting. Field docstrings are the documentation (and CLI help). ``config_hash`` covers only what
@@ -446,7 +447,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
             raise ConfigError(f"config file not found: {path}")
         loaded = yaml.safe_load(path.read_text()) or {}
         if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: top level must be a mapping of sections (model, data, train)")
+            raise ConfigError(f"{path}: top level must be a mapping of sections (model, data, train, preprocess)")
         tree = loaded
     for item in overrides:
         apply_override(tree, item)

@@ -6,13 +6,11 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 
 import magdi_dist.data.tokenizer as tokenizer_module
 from magdi_dist.data import (
-    MAGRowDataset,
     RowConfig,
     collate,
     encode_chain,
@@ -181,12 +179,3 @@ def test_collate_shapes_and_masks(tok):
     assert batch["pos_node"].tolist() == [rows[0]["pos_node"], 4 + rows[1]["pos_node"], 6 + rows[2]["pos_node"]]
     assert batch["neg_node"].tolist() == [rows[0]["neg_node"], -1, 6 + rows[2]["neg_node"]]
     assert batch["mag_ids"] == ["m0", "m2", "m1"]
-
-
-def test_dataset_from_jsonl(tok, tmp_path):
-    path = tmp_path / "mags.jsonl"
-    path.write_text("".join(json.dumps(m.to_json_dict()) + "\n" for m in MAGS))
-    ds = MAGRowDataset.from_file(path, tok, RowConfig(max_length=128), zero_features(3))
-    assert len(ds) == 9 and ds[0]["mag_id"] == "m0"
-    assert ds.lengths == [max(len(r["pos_input_ids"]), len(r["neg_input_ids"])) for r in ds.rows]
-    assert np.asarray(ds[0]["node_features"]).shape == (4 * 3,)

@@ -1,7 +1,7 @@
-"""MAGs -> training data: prompt format, tokenizer, contrastive pairs, rows, frozen features, batches."""
+"""MAGs -> training data: prompt format, tokenizer, contrastive pairs, rows, frozen features, batches;
+and the read side of the shards (``data.shards``), the only way rows reach the training loop."""
 
 from magdi_dist.data.collate import batch_to, collate
-from magdi_dist.data.dataset import MAGRowDataset, load_mags
 from magdi_dist.data.encode import encode_chain, node_parts
 from magdi_dist.data.features import FrozenFeatureExtractor
 from magdi_dist.data.pairs import Pair, make_pairs
@@ -11,7 +11,6 @@ from magdi_dist.data.tokenizer import train_tokenizer
 
 __all__ = [
     "FrozenFeatureExtractor",
-    "MAGRowDataset",
     "Pair",
     "RowConfig",
     "answer_sentence",
@@ -20,7 +19,6 @@ __all__ = [
     "encode_chain",
     "format_prompt",
     "format_target",
-    "load_mags",
     "make_pairs",
     "node_parts",
     "rows_from_mags",

@@ -6,9 +6,8 @@ rows were made with. ``ShardDataset(manifest_dir)`` is the sequence of example r
 (inputs sorted, then shard, then provenance inside a shard). The write side (Parquet schema, atomic
 writes, the manifest builder) lives in ``magdi_dist.preprocess``.
 
-The same interface as ``data.MAGRowDataset`` (``len``, ``[i]`` -> row dict, ``lengths``), so the
-training sampler cannot tell them apart. Rows are kept as one Arrow table (columnar, no per-row
-Python objects) and turned into a dict only when indexed.
+A sequence of rows (``len``, ``[i]`` -> row dict, ``lengths`` for the sampler). Rows are kept as one
+Arrow table (columnar, no per-row Python objects) and turned into a dict only when indexed.
 
 Rank partition: ``partition(rank, world_size)`` gives rank r the rows r, r+W, r+2W, ... truncated to
 the same length on every rank, so ranks see disjoint rows and take the same number of steps (a rank
@@ -127,7 +126,7 @@ class ShardDataset:
 
     @property
     def lengths(self) -> list[int]:
-        """Padded width each row needs (the longer of its two chains), as ``MAGRowDataset.lengths``."""
+        """Padded width each row needs (the longer of its two chains)."""
         if not len(self):
             return []
         pos = pc.list_value_length(self.table["pos_input_ids"]).to_numpy(zero_copy_only=False)

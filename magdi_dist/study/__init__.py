@@ -1,1 +1,2 @@
-"""Scaling studies: the sweep runner, the curve fit and plot."""
+"""Scaling studies: the study config, the demo, the curve fit and plot, the report (the workflow that
+runs them is ``magdi_dist.recipes.study``)."""

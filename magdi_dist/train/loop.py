@@ -1,5 +1,6 @@
-"""The training function: ``train(cfg)`` runs on every rank and relies only on torch.distributed env
-vars, so plain python, torchrun, the deepspeed launcher and Ray Train all call the same code.
+"""The training function: ``train(cfg, data)`` runs on every rank on the prepared shards' rows and
+relies only on torch.distributed env vars, so plain python, torchrun, the deepspeed launcher and Ray
+Train all call the same code.
 
 One optimizer step = ``grad_accum`` micro-steps through the DeepSpeed engine (it scales the loss by
 1/grad_accum, all-reduces at the boundary, clips and steps the optimizer and our LR schedule).
