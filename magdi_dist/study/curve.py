@@ -165,6 +165,7 @@ def plot_scaling(
     never pyplot: no global backend, no GUI, thread-safe.
     """
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
 
     rows = list(rows)
     groups = _by_variant(rows)
@@ -206,6 +207,7 @@ def plot_scaling(
         ax.set_ylabel(LABELS[metric])
         if drawn:
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks overlap on short ranges
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize="small")
         else:
