@@ -186,7 +186,7 @@ def test_find_hf_dirs_in_export_pyfunc_and_transformers_layouts(tmp_path):
     ],
 )
 def test_generation_is_cut_after_its_first_answer(text, kept):
-    from magdi_dist.eval.answers import truncate_answer
+    from magdi_dist.data.prompt import truncate_answer
 
     assert truncate_answer(text) == kept
 
@@ -197,8 +197,8 @@ def test_stopping_criterion_stops_each_row_at_its_own_answer(tmp_path):
     its batch mates do; the text is then cut back to the statement."""
     import torch
 
+    from magdi_dist.data.prompt import truncate_answer
     from magdi_dist.data.tokenizer import train_tokenizer
-    from magdi_dist.eval.answers import truncate_answer
     from magdi_dist.eval.generate import StopAtAnswer
 
     texts = ["Step 1: 2 + 2 = 4. The answer is 4. Question: more", "Step 1: 5 - 1 = 4. So 4 it is and so on"]
@@ -214,3 +214,12 @@ def test_stopping_criterion_stops_each_row_at_its_own_answer(tmp_path):
     assert truncate_answer(tok.decode(ids[0][:first])) == "Step 1: 2 + 2 = 4. The answer is 4."
     assert tok.decode(ids[0][: first - 1]).rstrip().endswith("The answer is 4.")  # one token to be sure
     assert "Question" not in tok.decode(ids[0][: first - 1])
+
+
+def test_registered_student_cuts_its_answer_as_evaluation_does():
+    """The pyfunc model loads prompt.py by path (no training stack in a serving env) and cuts its
+    generations with the same rule evaluation grades by."""
+    from magdi_dist.track.pyfunc_student import resolve_truncate
+
+    text = "Step 1: 3 + 4 = 7. So the answer is 7. The answer is 7.\nQuestion: Ben has 2 pens."
+    assert resolve_truncate()(text) == "Step 1: 3 + 4 = 7. So the answer is 7."

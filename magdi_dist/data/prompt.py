@@ -15,6 +15,7 @@ import string
 _LABELLED = re.compile(r"^\s*\(?[A-Za-z0-9]{1,2}[\).:]\s")
 
 ANSWER_PREFIX = "The answer is "
+_ANSWER_PREFIX_RX = re.escape(ANSWER_PREFIX.strip())
 
 
 def format_options(options: list[str]) -> str:
@@ -48,3 +49,26 @@ def format_target(reasoning: str, answer: str | None) -> str:
 def answer_sentence(answer: str) -> str:
     """The final sentence of a target: what answer_only_loss trains on and evaluation parses."""
     return f"{ANSWER_PREFIX}{str(answer).strip()}."
+
+
+# A complete statement: its full stop is followed by whitespace, or a line break ends it.
+_STATEMENT_END = re.compile(rf"(?i)\b{_ANSWER_PREFIX_RX}(?=[\s:])[ \t]*:?\s*\S[^\n]*?(?:\.(?=\s)|(?=\n))")
+_NEXT_QUESTION = re.compile(r"\n\s*Question:|(?<=\S)\s+Question:")
+
+
+def answer_end(text: str) -> int | None:
+    """Where a generation's answer is over (an index into ``text``), or None while it is not: just
+    after the first complete "The answer is X." statement, or just before a next "Question:" that
+    the model started to invent, whichever comes first."""
+    ends = []
+    if m := _STATEMENT_END.search(text):
+        ends.append(m.end())
+    if m := _NEXT_QUESTION.search(text):
+        ends.append(m.start())
+    return min(ends) if ends else None
+
+
+def truncate_answer(text: str) -> str:
+    """``text`` up to ``answer_end`` (whole when the answer never ended)."""
+    end = answer_end(text)
+    return (text if end is None else text[:end]).strip()

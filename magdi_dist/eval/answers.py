@@ -14,35 +14,13 @@ from magdi_dist.data.prompt import ANSWER_PREFIX
 from magdi_dist.mag.grading import GoldAnswerError, extract_boxed, grade_answer
 
 # The training target ends with data/prompt.py's answer sentence, "The answer is X.". The first
-# such statement after the prompt is the student's answer: generation stops there (``answer_end``),
+# such statement after the prompt is the student's answer: generation stops there (``answer_end``,
+# in data/prompt.py with the format it reads, so the registered pyfunc model cuts the same way),
 # and what a student rambles on about afterwards (a made-up next question and its answer) is never
 # graded. The answer ends at a full stop followed by a space, a line break or the end ("3.5." reads
 # as 3.5); "is" must be followed by a space or a colon ("The answer isn't 5" states nothing).
 _PREFIX = re.escape(ANSWER_PREFIX.strip())
 _ANSWER_IS = re.compile(rf"(?i)\b{_PREFIX}(?=[\s:])\s*:?\s*(.*?)(?=\.\s|\.?\s*$|\n|\s+{_PREFIX})", re.S)
-# A complete statement: its full stop is followed by whitespace, or a line break ends it.
-_STATEMENT_END = re.compile(rf"(?i)\b{_PREFIX}(?=[\s:])[ \t]*:?\s*\S[^\n]*?(?:\.(?=\s)|(?=\n))")
-_NEXT_QUESTION = re.compile(r"\n\s*Question:|(?<=\S)\s+Question:")
-
-
-def answer_end(text: str) -> int | None:
-    """Where a generation's answer is over (an index into ``text``), or None while it is not: just
-    after the first complete "The answer is X." statement, or just before a next "Question:" that
-    the model started to invent, whichever comes first."""
-    ends = []
-    if m := _STATEMENT_END.search(text):
-        ends.append(m.end())
-    if m := _NEXT_QUESTION.search(text):
-        ends.append(m.start())
-    return min(ends) if ends else None
-
-
-def truncate_answer(text: str) -> str:
-    """``text`` up to ``answer_end`` (whole when the answer never ended)."""
-    end = answer_end(text)
-    return (text if end is None else text[:end]).strip()
-
-
 def extract_answer(text: str) -> str | None:
     """The answer of the first ``The answer is X.`` statement, else the last ``\\boxed{}``."""
     found = [m.group(1).strip() for m in _ANSWER_IS.finditer(text)]

@@ -7,7 +7,7 @@ logits processor draws each row's token with that row's ``torch.Generator`` (see
 greedy, so Hugging Face still handles the KV cache, left-padding positions and stopping.
 
 A row stops at its end-of-sequence token, or once its text holds the end of its first answer
-statement or the start of an invented next question (``answers.answer_end``, per row, so a row's
+statement or the start of an invented next question (``data.prompt.answer_end``, per row, so a row's
 output never depends on its batch mates); its text is cut there and its token count is what it
 generated up to that point.
 """
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-from magdi_dist.eval.answers import answer_end, truncate_answer
+from magdi_dist.data.prompt import answer_end, truncate_answer
 
 
 def sample_seed(seed: int, index: int, sample: int) -> int:

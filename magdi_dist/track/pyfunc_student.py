@@ -39,6 +39,28 @@ def _fallback_prompt(question: str, options: Any = None) -> str:
 
 
 @functools.cache
+def _prompt_module():
+    """``magdi_dist/data/prompt.py``, loaded by file path (see ``resolve_format_prompt``), or None."""
+    loaded = sys.modules.get("magdi_dist.data.prompt")
+    if loaded is not None:
+        return loaded
+    spec = importlib.util.find_spec("magdi_dist")
+    path = Path(spec.origin).parent / "data" / "prompt.py" if spec and spec.origin else None
+    if path is None or not path.is_file():
+        return None
+    module_spec = importlib.util.spec_from_file_location("_magdi_student_prompt", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def resolve_truncate():
+    """Evaluation's cut of a generation after its first answer statement (``truncate_answer``), so a
+    registered student answers as it was graded; identity when prompt.py cannot be found."""
+    module = _prompt_module()
+    return getattr(module, "truncate_answer", None) or str.strip
+
+
 def resolve_format_prompt():
     """The training-time ``format_prompt``; evaluation must use the same one (docs/CONTRACTS.md).
 
@@ -47,17 +69,10 @@ def resolve_format_prompt():
     environment (pinned to torch/transformers/safetensors/tokenizers) does not have, and a failed
     import there would silently switch prompt formats.
     """
-    loaded = sys.modules.get("magdi_dist.data.prompt")
-    if loaded is not None:
-        return loaded.format_prompt
-    spec = importlib.util.find_spec("magdi_dist")
-    path = Path(spec.origin).parent / "data" / "prompt.py" if spec and spec.origin else None
-    if path is None or not path.is_file():
+    module = _prompt_module()
+    if module is None:
         log.warning("magdi_dist/data/prompt.py not found; using the fallback prompt format")
         return _fallback_prompt
-    module_spec = importlib.util.spec_from_file_location("_magdi_student_prompt", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
     return module.format_prompt
 
 
@@ -102,6 +117,7 @@ class StudentModel(mlflow.pyfunc.PythonModel):
         self.model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False).to(self.device)
         self.model.eval()
         self.format_prompt = resolve_format_prompt()
+        self.truncate = resolve_truncate()
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list[str]:
         import torch
@@ -123,5 +139,5 @@ class StudentModel(mlflow.pyfunc.PythonModel):
                     pad_token_id=self.tokenizer.pad_token_id,
                 )
             new_tokens = out[:, batch["input_ids"].shape[1] :]
-            answers.extend(t.strip() for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+            answers.extend(self.truncate(t) for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
         return answers
