@@ -58,7 +58,7 @@ def test_cells_share_data_and_differ_only_by_their_axes(tmp_path):
     assert sorted(configs) == ["1m-magdi-lr0.003", "1m-magdi-lr0.01", "1m-ntp-lr0.003", "1m-ntp-lr0.01",
                                "5m-magdi", "5m-ntp"]  # the quick demo sweeps the 1m size's lr
     assert configs["1m-ntp-lr0.01"].model.node_weight == 0.0 and configs["1m-magdi-lr0.01"].model.node_weight == 1.0
-    assert configs["1m-ntp-lr0.01"].train.lr == 1e-2 and configs["5m-ntp"].train.lr == 3e-3
+    assert configs["1m-ntp-lr0.01"].train.lr == 1e-2 and configs["5m-ntp"].train.lr == 1e-3  # its swept lr
     assert configs["5m-magdi"].model.base == "tiny-5m"
     assert len({c.data.model_dump_json() for c in configs.values()}) == 1
     assert len({c.train.output_dir for c in configs.values()}) == 6

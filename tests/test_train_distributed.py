@@ -123,10 +123,13 @@ def test_zero3_export_loads_and_generates(stage_runs):
     out = model.generate(**ids, max_new_tokens=8, do_sample=False)
     assert out.shape[1] == ids["input_ids"].shape[1] + 8 or out[0, -1] == tok.eos_token_id
     assert isinstance(tok.decode(out[0]), str)
-    # ZeRO-3 shards consolidated by DeepSpeed = the ZeRO-0 weights (up to reduction order).
+    # ZeRO-3 shards consolidated by DeepSpeed = the ZeRO-0 weights (up to reduction order). Six AdamW
+    # steps at lr 3e-3, every one learning since warmup starts at lr/2: Adam divides by sqrt(v), so a
+    # 1e-7 reduction-order difference in a near-zero gradient can move a weight by ~1e-5. A wrong
+    # consolidation (a shard missing, stale or swapped) would be off by the size of an update, ~1e-3.
     a, b = load_file(export / "model.safetensors"), load_file(stage_runs[0] / "export" / "model.safetensors")
     assert a.keys() == b.keys()
-    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
     graph = load_file(export / "graph_encoder.safetensors")
     meta = json.loads((export / "graph_encoder.json").read_text())
     assert meta["in_dim"] == model.config.hidden_size and meta["gcn_hidden"] == 32
