@@ -50,7 +50,7 @@ def submit(
     config: Path = typer.Option(..., "--config", "-c", help="Run config YAML inside the working dir."),
     job: str = typer.Option("train", "--job", help="Entrypoint ray_jobs/<job>.py: preprocess, train or study."),
     args: list[str] | None = typer.Argument(None, help="Passed on to the entrypoint (after --), e.g. "
-                                                       "-- --workers 2 train.output_dir=/shared/run."),
+                                                       "-- --workers 2 --storage /shared/magdi."),
     env: list[str] = typer.Option([], "--env", help="KEY=VALUE for the job's processes (repeatable)."),
     working_dir: Path = typer.Option(Path("."), "--working-dir", help="Uploaded to the cluster."),
     follow: bool = typer.Option(True, "--follow/--no-follow", help="Stream the logs until the job ends."),
