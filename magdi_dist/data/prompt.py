@@ -15,7 +15,7 @@ import string
 _LABELLED = re.compile(r"^\s*\(?[A-Za-z0-9]{1,2}[\).:]\s")
 
 ANSWER_PREFIX = "The answer is "
-_ANSWER_PREFIX_RX = re.escape(ANSWER_PREFIX.strip())
+ANSWER_PREFIX_RX = re.escape(ANSWER_PREFIX.strip())  # the statement's opening, for regexes
 
 
 def format_options(options: list[str]) -> str:
@@ -52,7 +52,7 @@ def answer_sentence(answer: str) -> str:
 
 
 # A complete statement: its full stop is followed by whitespace, or a line break ends it.
-_STATEMENT_END = re.compile(rf"(?i)\b{_ANSWER_PREFIX_RX}(?=[\s:])[ \t]*:?\s*\S[^\n]*?(?:\.(?=\s)|(?=\n))")
+_STATEMENT_END = re.compile(rf"(?i)\b{ANSWER_PREFIX_RX}(?=[\s:])[ \t]*:?\s*\S[^\n]*?(?:\.(?=\s)|(?=\n))")
 _NEXT_QUESTION = re.compile(r"\n\s*Question:|(?<=\S)\s+Question:")
 
 

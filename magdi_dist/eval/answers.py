@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from magdi_dist.data.prompt import ANSWER_PREFIX
+from magdi_dist.data.prompt import ANSWER_PREFIX_RX as _PREFIX
 from magdi_dist.mag.grading import GoldAnswerError, extract_boxed, grade_answer
 
 # The training target ends with data/prompt.py's answer sentence, "The answer is X.". The first
@@ -19,7 +19,6 @@ from magdi_dist.mag.grading import GoldAnswerError, extract_boxed, grade_answer
 # and what a student rambles on about afterwards (a made-up next question and its answer) is never
 # graded. The answer ends at a full stop followed by a space, a line break or the end ("3.5." reads
 # as 3.5); "is" must be followed by a space or a colon ("The answer isn't 5" states nothing).
-_PREFIX = re.escape(ANSWER_PREFIX.strip())
 _ANSWER_IS = re.compile(rf"(?i)\b{_PREFIX}(?=[\s:])\s*:?\s*(.*?)(?=\.\s|\.?\s*$|\n|\s+{_PREFIX})", re.S)
 def extract_answer(text: str) -> str | None:
     """The answer of the first ``The answer is X.`` statement, else the last ``\\boxed{}``."""
