@@ -126,6 +126,8 @@ def evaluate(
     temperature: float = typer.Option(0.0, help="0 = greedy; > 0 samples (needed for k > 1)."),
     max_new_tokens: int = typer.Option(256, help="Generation budget per sample."),
     limit: int | None = typer.Option(None, help="Evaluate only the first N questions."),
+    exclude: list[Path] = typer.Option([], "--exclude", help="MAG file (repeatable): skip every question it "
+                                       "holds, e.g. the teacher discussions the student trained on."),
     seed: int = typer.Option(0, help="Per-sample seeds derive from (seed, question index, sample)."),
     batch_size: int = typer.Option(8, help="Questions per generate call (each with its k samples)."),
     out: Path | None = typer.Option(None, help="Output folder (predictions.jsonl, summary.json)."),
@@ -149,7 +151,8 @@ def evaluate(
 
     cfg = EvalConfig(
         model=model, data=str(data), format=format, task=task, k=k, temperature=temperature,
-        max_new_tokens=max_new_tokens, limit=limit, seed=seed, batch_size=batch_size,
+        max_new_tokens=max_new_tokens, limit=limit, exclude=[str(p) for p in exclude], seed=seed,
+        batch_size=batch_size,
         out=str(out) if out else None, teachers=str(teachers) if teachers else None,
         ray_address=ray_address, workers=workers, worker_cpus=worker_cpus, worker_gpus=worker_gpus,
         mlflow_run_id=mlflow_run_id,

@@ -76,8 +76,9 @@ class StudentConfig(_Section):
     """The student model and its training objective."""
 
     base: str | dict[str, Any] = "tiny-5m"
-    """Causal LM: a hub id (e.g. mistralai/Mistral-7B-Instruct-v0.2), a local directory, a tiny preset
-    (tiny-1m, tiny-5m, tiny-20m) or a dict of LlamaConfig fields (may name a preset to override)."""
+    """Causal LM: a hub id (e.g. mistralai/Mistral-7B-Instruct-v0.2), a local directory, a .gguf file or
+    GGUF preset (smollm2-135m-instruct; dequantized once into a cached safetensors directory), a tiny
+    preset (tiny-1m, tiny-5m, tiny-20m) or a dict of LlamaConfig fields (may name a preset to override)."""
     seed: int = 0
     """Initialisation seed of a tiny LM, the graph encoder and the scorer."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -176,11 +177,16 @@ class DataConfig(_Section):
     """Force the task family of ``paths`` (yes_no, multiple_choice, numeric, math); None infers it."""
     synthetic: SynthSpec = Field(default_factory=SynthSpec)
     """Synthetic generator settings (used only when ``paths`` is empty)."""
+    max_mags: int | None = Field(None, ge=1)
+    """Use only the first N MAGs of the inputs (files in sorted order, records in file order), written
+    once as one input file under the shards folder; frozen features, rows and the split see only those.
+    For smoke runs and budgets; None: every MAG."""
     max_len: int = Field(256, ge=8)
     """Maximum tokens per chain (prompt + reasoning + eos); longer chains are cut at the end."""
     tokenizer: str = "train"
     """"train": train a byte-level BPE tokenizer on the training questions' MAGs (saved with the shards,
-    ``<shards>/tokenizer``); otherwise a tokenizer directory or hub id."""
+    ``<shards>/tokenizer``); otherwise a tokenizer directory, hub id, .gguf file or GGUF preset (the
+    tokenizer and chat template inside it). A tokenizer with a chat template gets chat prompts."""
     vocab_size: int = Field(1024, ge=300)
     """Vocabulary of a locally trained tokenizer (byte alphabet 256 + specials + merges)."""
     clean_chains: bool = True
@@ -218,8 +224,9 @@ class DataConfig(_Section):
 class TrainConfig(_Section):
     seed: int = 0
     """Seed of data order, dropout and every other training-time randomness."""
-    max_steps: int | None = Field(None, ge=1)
-    """Optimizer steps to train; None: ``epochs`` passes over the training rows."""
+    max_steps: int | None = Field(None, ge=0)
+    """Optimizer steps to train; None: ``epochs`` passes over the training rows; 0: no step, the
+    untrained student is evaluated and exported (the baseline of an ablation)."""
     epochs: float = Field(1.0, gt=0)
     """Passes over the training data when ``max_steps`` is None (fractions allowed)."""
     stop_after: int | None = Field(None, ge=1)

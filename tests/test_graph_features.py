@@ -92,11 +92,11 @@ def test_every_example_gets_its_own_graph(tok):
         else:
             assert n == -1 and batch["pair_mask"][b] == 0 and mag.id == "q4"
         # rows b and B+b carry exactly the texts of those nodes
-        pos_ids, _ = encode_chain(tok, *node_parts(mag, p - lo), 96)
+        pos_ids, _ = encode_chain(tok, *node_parts(mag, p - lo, tok), 96)
         real = batch["attention_mask"][b].bool()
         assert batch["input_ids"][b][real].tolist() == pos_ids
         if row["has_negative"]:
-            neg_ids, _ = encode_chain(tok, *node_parts(mag, n - lo), 96)
+            neg_ids, _ = encode_chain(tok, *node_parts(mag, n - lo, tok), 96)
             assert batch["input_ids"][B + b][batch["attention_mask"][B + b].bool()].tolist() == neg_ids
 
 

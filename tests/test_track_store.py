@@ -123,11 +123,11 @@ def _expected_answer(student_dir: Path, question: str) -> str:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from magdi_dist.track.pyfunc_student import resolve_format_prompt
+    from magdi_dist.data.prompt import format_prompt
 
     tok = AutoTokenizer.from_pretrained(student_dir)
     model = AutoModelForCausalLM.from_pretrained(student_dir).eval()
-    enc = tok([resolve_format_prompt()(question, None)], return_tensors="pt")
+    enc = tok([format_prompt(question, None)], return_tensors="pt")  # a tiny student: the plain prompt
     with torch.inference_mode():
         out = model.generate(**enc, do_sample=False, max_new_tokens=MAX_NEW_TOKENS, pad_token_id=tok.pad_token_id)
     return tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip()
@@ -176,9 +176,9 @@ def test_registry_champion_and_pyfunc(tracking_uri, students):
     client = client_for(tracking_uri)
     assert int(client.get_model_version_by_alias(name, "champion").version) == 2
 
-    from magdi_dist.track.pyfunc_student import _fallback_prompt, resolve_format_prompt
+    from magdi_dist.track.pyfunc_student import _fallback_prompt, resolve_render_prompt
 
-    assert resolve_format_prompt() is not _fallback_prompt  # the training format is what serves
+    assert resolve_render_prompt() is not _fallback_prompt  # the training format is what serves
     question = "Is the sky blue?"
     with use_tracking(tracking_uri):
         model = mlflow.pyfunc.load_model(f"models:/{name}@champion")

@@ -5,7 +5,7 @@ from magdi_dist.data.collate import batch_to, collate
 from magdi_dist.data.encode import encode_chain, node_parts
 from magdi_dist.data.features import FrozenFeatureExtractor
 from magdi_dist.data.pairs import Pair, make_pairs
-from magdi_dist.data.prompt import answer_sentence, format_prompt, format_target
+from magdi_dist.data.prompt import answer_sentence, format_prompt, format_target, render_prompt
 from magdi_dist.data.rows import RowConfig, rows_from_mags, zero_features
 from magdi_dist.data.tokenizer import train_tokenizer
 
@@ -18,6 +18,7 @@ __all__ = [
     "collate",
     "encode_chain",
     "format_prompt",
+    "render_prompt",
     "format_target",
     "make_pairs",
     "node_parts",

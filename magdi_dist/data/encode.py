@@ -6,18 +6,19 @@ same chain are computed from identical token ids.
 
 from __future__ import annotations
 
-from magdi_dist.data.prompt import ANSWER_PREFIX, format_prompt, format_target
+from magdi_dist.data.prompt import ANSWER_PREFIX, format_target, prompt_adds_special_tokens, render_prompt
 from magdi_dist.mag.schema import MAG
 
 IGNORE_INDEX = -100
 
 
-def node_parts(mag: MAG, node: int) -> tuple[str, str] | None:
-    """(prompt, target) of node ``node`` of a MAG, None for a missing node."""
+def node_parts(mag: MAG, node: int, tokenizer) -> tuple[str, str] | None:
+    """(prompt, target) of node ``node`` of a MAG for ``tokenizer`` (data/prompt.py), None for a
+    missing node."""
     resp = mag.responses[node]
     if resp.reasoning is None:
         return None
-    return format_prompt(mag.question, mag.options), format_target(resp.reasoning, resp.answer)
+    return render_prompt(tokenizer, mag.question, mag.options), format_target(resp.reasoning, resp.answer)
 
 
 def encode_chain(
@@ -25,13 +26,14 @@ def encode_chain(
 ) -> tuple[list[int], list[int]]:
     """(input_ids, labels) of prompt + target + eos, right-truncated to ``max_length`` tokens.
 
-    The prompt is tokenized on its own with the tokenizer's special tokens (bos where the tokenizer adds
-    one), exactly as evaluation tokenizes it; the target without special tokens, then eos. Labels are
-    -100 on the prompt, and with ``answer_only`` also on the reasoning (only the tokens of the final
-    "The answer is X." sentence and eos are targets). Truncation keeps the prompt and cuts the end of
-    the chain, so a row that does not fit loses its answer but never its question.
+    The prompt (``render_prompt``'s text) is tokenized on its own, with the tokenizer's special tokens
+    unless a chat template wrote them (``prompt_adds_special_tokens``), exactly as evaluation does; the
+    target without special tokens, then eos. Labels are -100 on the prompt, and with ``answer_only``
+    also on the reasoning (only the tokens of the final "The answer is X." sentence and eos are
+    targets). Truncation keeps the prompt and cuts the end of the chain, so a row that does not fit
+    loses its answer but never its question.
     """
-    prompt_ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    prompt_ids = list(tokenizer(prompt, add_special_tokens=prompt_adds_special_tokens(tokenizer))["input_ids"])
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ValueError("the tokenizer has no eos token; a chain must end with one")

@@ -43,7 +43,7 @@ class FrozenFeatureExtractor:
         items = []  # (length, mag index, node index, ids)
         for mi, mag in enumerate(mags):
             for ni in range(len(mag.responses)):
-                parts = node_parts(mag, ni)
+                parts = node_parts(mag, ni, self.tokenizer)
                 if parts is not None:
                     ids, _ = encode_chain(self.tokenizer, *parts, self.max_tokens)
                     items.append((len(ids), mi, ni, ids))

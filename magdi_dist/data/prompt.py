@@ -1,9 +1,18 @@
 """The text a training row and an evaluation prompt are made of. Training and evaluation must agree.
 
-A row is ``format_prompt(question, options)`` followed by ``format_target(reasoning, answer)`` and the
-tokenizer's eos token (appended as a token id by data/encode.py, never as text, so it cannot be split
-by a tokenizer that does not know its string). Evaluation feeds ``format_prompt`` alone and parses the
-generated "The answer is ..." sentence.
+A row is ``render_prompt(tokenizer, question, options)`` followed by ``format_target(reasoning,
+answer)`` and the tokenizer's eos token (appended as a token id by data/encode.py, never as text, so it
+cannot be split by a tokenizer that does not know its string). Evaluation feeds ``render_prompt`` alone
+and parses the generated "The answer is ..." sentence.
+
+The prompt follows the tokenizer: a tokenizer with a chat template (an instruct student) gets the
+question as the user's turn of its template, opened for the assistant's reply, which the chain then
+is (its eos, e.g. ``<|im_end|>``, closes the turn as the template would); a tokenizer without one (tiny
+students, base models) gets the plain ``Question: ... Answer: `` text. Being a function of the
+tokenizer alone, the choice is the same in training, frozen features, evaluation and the registered
+model, which all load the same tokenizer files.
+
+This module imports nothing but the standard library: the registered pyfunc model loads it by path.
 """
 
 from __future__ import annotations
@@ -36,6 +45,34 @@ def format_prompt(question: str | None, options: list[str] | None = None) -> str
         lines.append(f"Options: {format_options(options)}")
     lines.append("Answer: ")
     return "\n".join(lines)
+
+
+# Instruct students are told the answer format training teaches, so an untrained one can be graded.
+CHAT_INSTRUCTION = 'Solve it step by step, then end with "The answer is <answer>."'
+
+
+def uses_chat_template(tokenizer) -> bool:
+    """Whether prompts for this tokenizer go through its chat template."""
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def render_prompt(tokenizer, question: str | None, options: list[str] | None = None) -> str:
+    """The prompt text exactly as the student reads it (see the module docstring); tokenize it with
+    ``add_special_tokens=prompt_adds_special_tokens(tokenizer)``."""
+    if not uses_chat_template(tokenizer):
+        return format_prompt(question, options)
+    lines = [f"Question: {(question or '').strip()}"]
+    if options:
+        lines.append(f"Options: {format_options(options)}")
+    lines.append(CHAT_INSTRUCTION)
+    messages = [{"role": "user", "content": "\n".join(lines)}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def prompt_adds_special_tokens(tokenizer) -> bool:
+    """A chat template writes its own special tokens (bos included where the model wants one); a plain
+    prompt gets the tokenizer's (bos, like Llama)."""
+    return not uses_chat_template(tokenizer)
 
 
 def format_target(reasoning: str, answer: str | None) -> str:

@@ -86,7 +86,7 @@ def rows_from_mags(mags: Sequence[MAG], tokenizer, cfg: RowConfig, feature_fn: F
 
         def encode(node: int, mag=mag, encoded=encoded) -> tuple[list[int], list[int]]:
             if node not in encoded:
-                prompt, target = node_parts(mag, node)
+                prompt, target = node_parts(mag, node, tokenizer)
                 encoded[node] = encode_chain(tokenizer, prompt, target, cfg.max_length, cfg.answer_only_loss)
             return encoded[node]
 
@@ -102,7 +102,7 @@ def rows_from_mags(mags: Sequence[MAG], tokenizer, cfg: RowConfig, feature_fn: F
         }
         if cfg.node_max_tokens > 0:
             shared["node_input_ids"] = [
-                [] if node_parts(mag, i) is None else encode(i)[0][: cfg.node_max_tokens] for i in range(n)
+                [] if node_parts(mag, i, tokenizer) is None else encode(i)[0][: cfg.node_max_tokens] for i in range(n)
             ]
         for k, pair in enumerate(make_pairs(labels)):
             pos_ids, pos_labels = encode(pair.pos)

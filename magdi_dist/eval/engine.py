@@ -32,10 +32,10 @@ class DecodeSettings:
             raise EvalInputError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
 
 
-def prompt_for(q: EvalQuestion) -> str:
-    from magdi_dist.data.prompt import format_prompt  # the training prompt, never a copy of it
+def prompt_for(q: EvalQuestion, tokenizer) -> str:
+    from magdi_dist.data.prompt import render_prompt  # the training prompt, never a copy of it
 
-    return format_prompt(q.question, q.options)
+    return render_prompt(tokenizer, q.question, q.options)
 
 
 class Engine:
@@ -54,7 +54,7 @@ class Engine:
     def run_batch(self, questions: list[EvalQuestion]) -> list[dict]:
         """Records for ``questions``: all k samples of all questions in one generate call."""
         s = self.settings
-        prompts = [prompt_for(q) for q in questions for _ in range(s.k)]
+        prompts = [prompt_for(q, self.tokenizer) for q in questions for _ in range(s.k)]
         seeds = [sample_seed(s.seed, q.index, j) for q in questions for j in range(s.k)]
         start = time.perf_counter()
         gens = generate(

@@ -11,11 +11,13 @@ from __future__ import annotations
 import csv
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from magdi_dist.eval.errors import EvalInputError
 from magdi_dist.mag.grading import GoldAnswerError, check_gold
+from magdi_dist.mag.split import question_key
 
 BENCHMARK_FORMATS = ("gsm8k", "strategyqa", "ecqa", "arc", "aqua")
 FORMATS = (*BENCHMARK_FORMATS, "mag")
@@ -178,16 +180,47 @@ def _from_mags(path: Path, task: str | None, limit: int | None) -> list[EvalQues
 
 
 def load_questions(
-    path: str | Path, *, format: str | None = None, task: str | None = None, limit: int | None = None
+    path: str | Path, *, format: str | None = None, task: str | None = None, limit: int | None = None,
+    exclude: Sequence[str | Path] = (),
 ) -> tuple[list[EvalQuestion], str]:
-    """The first ``limit`` questions of ``path`` and the format they were read as."""
+    """The first ``limit`` questions of ``path`` and the format they were read as. Questions that
+    appear in any MAG file of ``exclude`` (teacher discussions a student trained on) are dropped first,
+    so ``limit`` counts clean questions; see ``excluded_keys``."""
     path = Path(path)
     if not path.is_file():
         raise QuestionFileError(f"no such data file: {path}")
     if format is not None and format not in FORMATS:
         raise QuestionFileError(f"unknown data format {format!r}; expected one of {', '.join(FORMATS)}")
     fmt = format or detect_format(path)
-    questions = _from_mags(path, task, limit) if fmt == "mag" else _benchmark(path, fmt, task, limit)
+    cut = None if exclude else limit
+    questions = _from_mags(path, task, cut) if fmt == "mag" else _benchmark(path, fmt, task, cut)
+    if exclude:
+        seen = excluded_keys(exclude)
+        questions = [q for q in questions if question_key(q.question) not in seen][:limit]
     if not questions:
         raise QuestionFileError(f"{path}: no questions to evaluate")
     return questions, fmt
+
+
+def excluded_keys(paths: Sequence[str | Path]) -> set[str]:
+    """The question keys (``mag.split.question_key``, the key of the training split: whitespace-
+    normalised text) of every question in these MAG files. Every record must be readable and carry its
+    question text: one that cannot be read could still be a question a student trained on."""
+    from magdi_dist.mag.readers import read_mags
+
+    keys: set[str] = set()
+    for p in paths:
+        if not Path(p).is_file():
+            raise QuestionFileError(f"no such MAG file to exclude: {p}")
+        result = read_mags([p], strict=False)
+        if result.rejected:
+            first = result.rejected[0]
+            raise QuestionFileError(f"{p}: {len(result.rejected)} records cannot be read (first: record "
+                                    f"{first.get('record')}, {first.get('reason')}), so their questions "
+                                    "cannot be excluded; fix or drop the file (magdi-dist inspect)")
+        textless = [m.id for m in result.mags if not m.question]
+        if textless:
+            raise QuestionFileError(f"{p}: MAG {textless[0]} (and {len(textless) - 1} more) has no "
+                                    "question text, so it cannot be matched against the benchmark")
+        keys |= {question_key(m.question) for m in result.mags}
+    return keys

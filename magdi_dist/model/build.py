@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from magdi_dist.config import LoraSpec
+from magdi_dist.model.sources import PRESETS, checkpoint_dir
 
 # Non-embedding parameter counts: tiny-1m 1.00M, tiny-5m 4.75M, tiny-20m 19.27M (see docs in the report
 # and tests). Embeddings are tied, so the total adds vocab_size * hidden_size once.
@@ -64,8 +65,9 @@ def load_lm(
     """Load or build the causal LM.
 
     ``spec``: a tiny preset name (``tiny-1m``/``tiny-5m``/``tiny-20m``), a dict of ``LlamaConfig``
-    kwargs (may name a ``preset`` to override), a local directory written by ``save_pretrained`` or a
-    hub id. Tiny models take their vocabulary (and bos/eos/pad ids) from ``tokenizer`` (or
+    kwargs (may name a ``preset`` to override), a local directory written by ``save_pretrained``, a hub
+    id, or a GGUF file / GGUF preset (``smollm2-135m-instruct``), loaded from its converted directory
+    (model/sources.py). Tiny models take their vocabulary (and bos/eos/pad ids) from ``tokenizer`` (or
     ``vocab_size``) and are initialised from ``seed`` without touching the global RNG.
     Remote code is refused unless ``trust_remote_code`` is set explicitly.
     """
@@ -90,10 +92,12 @@ def load_lm(
             lm = LlamaForCausalLM(config)
         lm = lm.to(torch_dtype)
     else:
+        spec = checkpoint_dir(spec)
         if not Path(str(spec)).is_dir() and "/" not in str(spec):
             raise ValueError(
-                f"unknown model spec {spec!r}: expected a tiny preset {sorted(TINY_PRESETS)}, "
-                "a config dict, a local directory or a hub id (owner/name)"
+                f"unknown model spec {spec!r}: expected a tiny preset {sorted(TINY_PRESETS)}, a GGUF "
+                f"preset {sorted(PRESETS)}, a .gguf file, a config dict, a local directory or a hub id "
+                "(owner/name)"
             )
         lm = AutoModelForCausalLM.from_pretrained(
             str(spec), dtype=torch_dtype, trust_remote_code=trust_remote_code

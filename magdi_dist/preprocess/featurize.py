@@ -129,11 +129,14 @@ def build_rows(mags: Sequence[MAG], features: Sequence[np.ndarray], tokenizer, s
 def feature_spec_from_config(cfg, tokenizer_dir: str) -> FeatureSpec:
     """The FeatureSpec a run config (``MAGDiConfig``) implies: its student, pooling and row settings."""
     from magdi_dist.data.rows import RowConfig
+    from magdi_dist.model.sources import checkpoint_dir
 
     m = cfg.model
     return FeatureSpec(
         tokenizer=tokenizer_dir,
-        model=m.feature_model if m.feature_model is not None else m.base,
+        # A GGUF source as its converted directory: converted once here on the driver, and named by
+        # the GGUF's content hash, so the shards' fingerprint changes when the weights do.
+        model=checkpoint_dir(m.feature_model if m.feature_model is not None else m.base),
         seed=m.seed,
         dtype=m.dtype,
         trust_remote_code=m.trust_remote_code,

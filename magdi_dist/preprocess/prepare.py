@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 from magdi_dist.config import MAGDiConfig, PreprocessConfig
+from magdi_dist.model.sources import checkpoint_dir
 from magdi_dist.preprocess.featurize import FeatureSpec, feature_spec_from_config
 from magdi_dist.preprocess.fingerprint import sha256_file, sha256_json
 from magdi_dist.preprocess.inputs import expand_inputs
@@ -31,7 +32,11 @@ def resolve(cfg: MAGDiConfig) -> tuple[PreprocessConfig, FeatureSpec]:
     """The ``preprocess`` section with its inputs and output folder filled in, and the feature spec."""
     out_dir = shards_dir(cfg)
     inputs = cfg.preprocess.inputs or list(cfg.data.paths) or [str(synthetic_input(cfg, out_dir))]
-    tokenizer = str(out_dir / TOKENIZER_DIR) if cfg.data.tokenizer == "train" else cfg.data.tokenizer
+    if cfg.data.max_mags is not None:
+        inputs = [str(subset_input(cfg, inputs, out_dir))]
+    # A GGUF tokenizer is converted here, on the driver, once; workers load the converted directory.
+    tokenizer = (str(out_dir / TOKENIZER_DIR) if cfg.data.tokenizer == "train"
+                 else checkpoint_dir(cfg.data.tokenizer))
     pre = cfg.preprocess.model_copy(update={"inputs": inputs, "out_dir": str(out_dir)})
     return pre, feature_spec_from_config(cfg, tokenizer)
 
@@ -41,6 +46,39 @@ def synthetic_input(cfg: MAGDiConfig, out_dir: Path) -> Path:
     so they go through the same file -> shard pipeline as teacher data."""
     s = cfg.data.synthetic
     return out_dir / "inputs" / f"synthetic-n{s.n}-a{s.agents}-r{s.rounds}-s{s.seed}.jsonl"
+
+
+def subset_input(cfg: MAGDiConfig, inputs: list[str], out_dir: Path) -> Path:
+    """``data.max_mags``: the first N MAGs of ``inputs`` as one generic MAG JSONL file, named by what it
+    was cut from (the inputs' bytes, reader options, N), written once. Records the reader rejects on
+    the way go to ``<shards>/rejects/`` like any reject, so records read = MAGs kept + rejected."""
+    from magdi_dist.mag.readers import iter_mags, write_mags_jsonl
+
+    n, files = cfg.data.max_mags, expand_inputs(inputs)
+    key = sha256_json({"inputs": [(f.name, sha256_file(f)) for f in files], "format": cfg.data.format,
+                       "task": cfg.data.task, "max_mags": n})[:16]
+    path = out_dir / "inputs" / f"first{n}-{key}.jsonl"
+    if path.is_file():
+        return path
+    mags, rejects = [], []
+    for f in files:
+        for mag in iter_mags(f, format=cfg.data.format, task=cfg.data.task, strict=cfg.preprocess.strict,
+                             on_reject=rejects.append):
+            mags.append(mag)
+            if len(mags) == n:
+                break
+        if len(mags) == n:
+            break
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if rejects:
+        from magdi_dist.preprocess.manifest import REJECTS
+        from magdi_dist.preprocess.shard_io import atomic_write_jsonl
+
+        atomic_write_jsonl(out_dir / REJECTS / f"{path.stem}.rejects.jsonl", rejects)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    write_mags_jsonl(mags, tmp)
+    os.replace(tmp, path)
+    return path
 
 
 def _write_synthetic(cfg: MAGDiConfig, path: Path) -> None:

@@ -13,11 +13,12 @@ import json
 import tempfile
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from magdi_dist.eval.engine import DecodeSettings, Engine, prompt_for
 from magdi_dist.eval.errors import EvalInputError
+from magdi_dist.eval.generate import prompt_ids
 from magdi_dist.eval.loader import StudentDirs, is_uri, load_student, resolve
 from magdi_dist.eval.questions import EvalQuestion, load_questions
 from magdi_dist.eval.stats import summarize
@@ -36,6 +37,7 @@ class EvalConfig:
     temperature: float = 0.0
     max_new_tokens: int = 256
     limit: int | None = None
+    exclude: list[str] = field(default_factory=list)  # MAG files whose questions are not evaluated
     seed: int = 0
     batch_size: int = 8  # questions per generate call (each brings its k samples)
     out: str | None = None
@@ -68,7 +70,7 @@ class EvalConfig:
 def plan_batches(questions: list[EvalQuestion], tokenizer, batch_size: int) -> list[list[EvalQuestion]]:
     """Questions grouped by prompt length (less padding), a pure function of the data and the batch
     size, so every run (any number of workers) generates in exactly the same batches."""
-    lengths = [len(ids) for ids in tokenizer([prompt_for(q) for q in questions])["input_ids"]]
+    lengths = [len(prompt_ids(tokenizer, prompt_for(q, tokenizer))) for q in questions]
     order = sorted(range(len(questions)), key=lambda i: (lengths[i], i))
     return [[questions[i] for i in order[s : s + batch_size]] for s in range(0, len(order), batch_size)]
 
@@ -134,7 +136,8 @@ def evaluate(cfg: EvalConfig) -> dict:
 
     cfg.validate()
     torch.manual_seed(cfg.seed)
-    questions, fmt = load_questions(cfg.data, format=cfg.format, task=cfg.task, limit=cfg.limit)
+    questions, fmt = load_questions(cfg.data, format=cfg.format, task=cfg.task, limit=cfg.limit,
+                                    exclude=cfg.exclude)
     started = time.perf_counter()
     # A registry model is downloaded for this run only; local workers read the same copy.
     with tempfile.TemporaryDirectory(prefix="magdi-eval-model-") if is_uri(cfg.model) else nullcontext() as tmp:
@@ -149,6 +152,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         k=cfg.k,
         temperature=cfg.temperature,
         max_new_tokens=cfg.max_new_tokens,
+        excluded_from=list(cfg.exclude),  # contamination: questions of these MAG files were skipped
         seed=cfg.seed,
         batch_size=cfg.batch_size,
         workers=cfg.workers if cfg.distributed else 1,

@@ -137,7 +137,8 @@ def _run_cell(study: StudyConfig, cell: Cell, ctx: dict) -> CellResult:
                                tracking={"uri": uri, "run_id": run_id})
         export_dir = Path(summary["export_dir"])
         e = study.evaluation
-        ev = evaluate(EvalConfig(model=str(export_dir), data=ctx["heldout"], limit=e.limit, k=e.k,
+        ev = evaluate(EvalConfig(model=str(export_dir), data=ctx["heldout"], limit=e.limit, exclude=e.exclude,
+                                 teachers=e.teachers, k=e.k,
                                  temperature=e.temperature, max_new_tokens=e.max_new_tokens, seed=cfg.train.seed,
                                  batch_size=e.batch_size, out=str(out / "eval"), progress=False,
                                  mlflow_run_id=run_id, tracking_uri=uri))
@@ -150,8 +151,11 @@ def _run_cell(study: StudyConfig, cell: Cell, ctx: dict) -> CellResult:
         result.accuracy = ev["accuracy"]
         result.accuracy_ci = [ev["ci95_low"], ev["ci95_high"]]
         result.export_dir = str(export_dir)
-        metrics = {"eval_accuracy": ev["accuracy"], **{k: v for k, v in train.items() if v is not None and
-                                                        k != "train_flops"}}
+        answers = {"eval_questions": ev["n"], "eval_extraction_failure_rate": ev.get("extraction_failure_rate"),
+                   "eval_tokens_per_answer": ev.get("tokens_per_sample"),
+                   "teacher_tokens_per_question": (ev.get("efficiency") or {}).get("teacher_tokens_per_question")}
+        metrics = {"eval_accuracy": ev["accuracy"], **{k: v for k, v in {**answers, **train}.items()
+                                                        if v is not None and k != "train_flops"}}
         result.metrics = metrics
         data_hash = _sha256(shards_dir(cfg) / "manifest.json")
         log_cell_result(uri, run_id, rank=0, eval_metrics=metrics, param_count=int(result.params),

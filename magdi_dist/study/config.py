@@ -55,7 +55,12 @@ class StudyEval(_Section):
     synthetic_n: int = Field(100, ge=1)
     synthetic_seed: int = 10_000
     limit: int | None = Field(None, ge=1)
-    """Evaluate only the first N questions."""
+    """Evaluate only the first N questions (counted after ``exclude``)."""
+    exclude: list[str] = Field(default_factory=list)
+    """MAG files whose questions are never evaluated: the teacher discussions the students train on,
+    when ``data`` is the benchmark they were drawn from (contamination)."""
+    teachers: str | None = None
+    """A MAG file whose discussions the students' answer lengths are compared with (tokens)."""
     k: int = Field(1, ge=1)
     """Samples per question; k > 1 is self-consistency (needs temperature > 0)."""
     temperature: float = Field(0.0, ge=0.0)

@@ -26,11 +26,14 @@ DEFAULT_MAX_NEW_TOKENS = 256
 DEFAULT_BATCH_SIZE = 8
 
 
-def _fallback_prompt(question: str, options: Any = None) -> str:
-    """Used only when ``magdi_dist/data/prompt.py`` is absent; mirrors its format at the time of writing.
-
-    Format: ``"Question: {question}\nAnswer: "`` (with ``Options: ...`` before Answer when given).
-    """
+def _fallback_prompt(tokenizer, question: str, options: Any = None) -> str:
+    """Used only when ``magdi_dist/data/prompt.py`` is absent; mirrors its plain format at the time of
+    writing: ``"Question: {question}\nAnswer: "`` (with ``Options: ...`` before Answer when given).
+    A chat-template student has no fallback: guessing its prompt would answer differently from how it
+    was trained and graded."""
+    if getattr(tokenizer, "chat_template", None):
+        raise RuntimeError("magdi_dist/data/prompt.py not found: a chat-template student needs the "
+                           "training prompt; install magdi-dist in the serving environment")
     lines = [f"Question: {(question or '').strip()}"]
     if options:
         lines.append("Options: " + " ".join(str(o) for o in options))
@@ -61,8 +64,9 @@ def resolve_truncate():
     return getattr(module, "truncate_answer", None) or str.strip
 
 
-def resolve_format_prompt():
-    """The training-time ``format_prompt``; evaluation must use the same one (docs/CONTRACTS.md).
+def resolve_render_prompt():
+    """The training-time ``render_prompt(tokenizer, question, options)``; evaluation must use the
+    same one (docs/CONTRACTS.md).
 
     ``prompt.py`` is loaded by file path, not via ``import magdi_dist.data.prompt``: the ``data``
     package's ``__init__`` pulls in torch_geometric and the training stack, which a serving
@@ -73,7 +77,12 @@ def resolve_format_prompt():
     if module is None:
         log.warning("magdi_dist/data/prompt.py not found; using the fallback prompt format")
         return _fallback_prompt
-    return module.format_prompt
+    return module.render_prompt
+
+
+def _special_tokens(tokenizer) -> bool:
+    module = _prompt_module()
+    return module.prompt_adds_special_tokens(tokenizer) if module is not None else True
 
 
 def _questions(model_input: Any) -> list[str]:
@@ -116,7 +125,7 @@ class StudentModel(mlflow.pyfunc.PythonModel):
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=False).to(self.device)
         self.model.eval()
-        self.format_prompt = resolve_format_prompt()
+        self.render_prompt = resolve_render_prompt()
         self.truncate = resolve_truncate()
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list[str]:
@@ -125,11 +134,12 @@ class StudentModel(mlflow.pyfunc.PythonModel):
         params = params or {}
         max_new_tokens = int(params.get("max_new_tokens") or self.max_new_tokens)
         questions = _questions(model_input)
-        prompts = [self.format_prompt(q, None) for q in questions]
+        prompts = [self.render_prompt(self.tokenizer, q, None) for q in questions]
         answers: list[str] = []
         for start in range(0, len(prompts), self.batch_size):
             chunk = prompts[start : start + self.batch_size]
-            batch = self.tokenizer(chunk, return_tensors="pt", padding=True).to(self.device)
+            batch = self.tokenizer(chunk, return_tensors="pt", padding=True,
+                                   add_special_tokens=_special_tokens(self.tokenizer)).to(self.device)
             with torch.inference_mode():
                 out = self.model.generate(
                     **batch,

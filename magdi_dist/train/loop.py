@@ -182,7 +182,9 @@ def train(cfg: MAGDiConfig, data: TrainData, *, resume: bool = True,
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     sampler = LengthGroupedSampler(data.lengths(), t.micro_batch_size, info.world_size, info.rank,
                                    seed=t.seed, group=t.length_grouping)
-    total_steps = t.max_steps or max(1, math.ceil(t.epochs * sampler.batches_per_epoch / t.grad_accum))
+    # max_steps 0: no step; the untrained student is evaluated and exported (a study's baseline cell).
+    total_steps = t.max_steps if t.max_steps is not None else \
+        max(1, math.ceil(t.epochs * sampler.batches_per_epoch / t.grad_accum))
     flops = _Flops(student)
     peak = t.peak_flops or measure_peak_flops(info.device)
 
@@ -265,7 +267,8 @@ def train(cfg: MAGDiConfig, data: TrainData, *, resume: bool = True,
     result.step = step
     log.info("trained to step %d in %.1fs", step, time.perf_counter() - t_loop)
     finished_before = resume_state is not None and resume_state["step"] >= total_steps
-    if step == total_steps and not finished_before and not (t.eval_every and step % t.eval_every == 0):
+    evaluated = step > 0 and t.eval_every and step % t.eval_every == 0  # in the loop, just now
+    if step == total_steps and not finished_before and not evaluated:
         run_eval()  # a stop_after / preempted run does not evaluate: its curve must match the full run's
     if last_saved != step:
         save()
