@@ -223,3 +223,23 @@ def test_registered_student_cuts_its_answer_as_evaluation_does():
 
     text = "Step 1: 3 + 4 = 7. So the answer is 7. The answer is 7.\nQuestion: Ben has 2 pens."
     assert resolve_truncate()(text) == "Step 1: 3 + 4 = 7. So the answer is 7."
+
+
+def test_exclude_drops_every_question_a_training_discussion_holds(shared_data):
+    """The shared GSM8K discussions are GSM8K test questions: excluding them leaves 1,010 of 1,319,
+    and ``limit`` counts clean questions."""
+    from magdi_dist.eval.questions import QuestionFileError, excluded_keys, load_questions
+    from magdi_dist.mag.split import question_key
+
+    test = shared_data / "benchmarks" / "gsm8k" / "test.jsonl"
+    mags = sorted((shared_data / "mag" / "debate_du").glob("gsm*.json"))
+    mags.append(shared_data / "mag" / "magdi_layout" / "GSM8k_gpt4o_round_2.json")
+    everything, _ = load_questions(test)
+    clean, _ = load_questions(test, exclude=mags)
+    seen = excluded_keys(mags)
+    assert (len(everything), len(seen), len(clean)) == (1319, 309, 1010)
+    assert not {question_key(q.question) for q in clean} & seen
+    first, _ = load_questions(test, exclude=mags, limit=25)
+    assert [q.index for q in first] == [q.index for q in clean[:25]]
+    with pytest.raises(QuestionFileError, match="no question text"):  # a pickle cannot be matched
+        excluded_keys([shared_data / "mag" / "reconcile_pickle" / "GSM8k_round_2.pkl"])

@@ -187,3 +187,20 @@ def test_one_feature_model_gives_every_size_the_same_shards(tmp_path):
     assert [m["feature_dim"] for m in own] == [32, 64] and own[0]["fingerprint"] != own[1]["fingerprint"]
     with pytest.raises(ConfigError, match="feature_model is for frozen"):
         load_config(TINY, [feature, "model.graph_features=live"])
+
+
+def test_max_mags_takes_the_first_mags_of_the_sorted_inputs(tmp_path, shared_data):
+    from magdi_dist.mag.readers import read_mags
+
+    debates = sorted((shared_data / "mag" / "debate_du").glob("gsm*.json"))[:2]
+    files = "[" + ", ".join(str(p) for p in reversed(debates)) + "]"  # the order typed does not matter
+    cfg = load_config(None, [f"data.paths={files}", "data.max_mags=103", f"train.output_dir={tmp_path}",
+                             "model.base=tiny-1m", "data.features=zero"])
+    report = prepare_data(cfg)
+    assert report.totals["mags"] == 103 and report.totals["records_in"] == 103
+    (subset,) = (tmp_path / "shards" / "inputs").glob("first103-*.jsonl")
+    first = read_mags([debates[0]]).mags  # 100 MAGs, then 3 of the second file
+    expected = [m.question for m in first] + [m.question for m in read_mags([debates[1]]).mags[:3]]
+    assert [m.question for m in read_mags([subset]).mags] == expected
+    stamp = subset.stat().st_mtime_ns
+    assert prepare_data(cfg).processed == [] and subset.stat().st_mtime_ns == stamp  # cut once

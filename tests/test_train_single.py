@@ -9,6 +9,7 @@ import pytest
 import torch
 from launchers import REPO, SMALL, losses, single_process, write_config
 from safetensors.torch import load_file
+from transformers import AutoTokenizer
 
 pytestmark = pytest.mark.slow
 
@@ -74,3 +75,26 @@ def test_student_trains_on_features_of_another_model(tmp_path):
     assert len(losses(out)) == 2
     assert json.loads((out / "export" / "graph_encoder.json").read_text())["in_dim"] == 48
     assert json.loads((out / "shards" / "manifest.json").read_text())["feature_dim"] == 48
+
+
+def test_zero_steps_evaluates_and_exports_the_untrained_student(tmp_path):
+    """``train.max_steps=0`` (an ablation's baseline cell): no optimizer step, but the held-out loss is
+    measured as for a trained cell and the export holds exactly the initial weights."""
+    import json
+
+    from magdi_dist.model import load_lm
+
+    out = tmp_path / "base"
+    cfg = write_config(tmp_path / "small.yaml", SMALL)
+    single_process(cfg, "train.max_steps=0", f"train.output_dir={out}", "data.synthetic.n=80")
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()
+               if line.startswith("{")]
+    assert not [r for r in records if "loss" in r and "eval_loss" not in r]  # no training step
+    evals = [r for r in records if "eval_ntp_loss" in r]
+    assert len(evals) == 1 and evals[0]["step"] == 0 and evals[0]["eval_ntp_loss"] > 0
+    tok = AutoTokenizer.from_pretrained(out / "export")
+    initial = load_lm(SMALL["model"]["base"], tokenizer=tok, seed=0).state_dict()
+    exported = load_file(str(out / "export" / "model.safetensors"))
+    assert exported.keys() <= initial.keys() and len(exported) > 4
+    for name, tensor in exported.items():
+        torch.testing.assert_close(tensor, initial[name], rtol=0, atol=0)
