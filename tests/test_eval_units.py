@@ -243,3 +243,38 @@ def test_exclude_drops_every_question_a_training_discussion_holds(shared_data):
     assert [q.index for q in first] == [q.index for q in clean[:25]]
     with pytest.raises(QuestionFileError, match="no question text"):  # a pickle cannot be matched
         excluded_keys([shared_data / "mag" / "reconcile_pickle" / "GSM8k_round_2.pkl"])
+
+
+def test_paired_difference_interval_covers_and_mcnemar_matches_a_binomial_test():
+    """The paired interval's coverage, simulated: 95% +- noise on correlated pairs at ablation size;
+    the McNemar p-value equals scipy's exact binomial test on the discordant questions."""
+    import random
+
+    from scipy.stats import binomtest
+
+    from magdi_dist.eval.stats import paired_difference
+
+    rng = random.Random(0)
+    n, trials, covered = 200, 1000, 0
+    cells = [(True, True, 0.20), (True, False, 0.12), (False, True, 0.06)]  # rest: both wrong
+    truth = 0.12 - 0.06
+    for _ in range(trials):
+        a, b = [], []
+        for _ in range(n):
+            u, acc = rng.random(), 0.0
+            pair = (False, False)
+            for x, y, p in cells:
+                acc += p
+                if u < acc:
+                    pair = (x, y)
+                    break
+            a.append(pair[0])
+            b.append(pair[1])
+        r = paired_difference(a, b)
+        covered += r["ci95_low"] <= truth <= r["ci95_high"]
+        assert -1 <= r["ci95_low"] <= r["difference"] <= r["ci95_high"] <= 1
+    assert 0.93 <= covered / trials <= 0.975
+    r = paired_difference(a, b)
+    assert r["mcnemar_p"] == pytest.approx(binomtest(r["only_a"], r["only_a"] + r["only_b"]).pvalue, rel=1e-12)
+    same = paired_difference([True, False] * 50, [True, False] * 50)
+    assert same["difference"] == 0 and same["mcnemar_p"] == 1.0

@@ -143,6 +143,15 @@ def test_demo_quick_through_the_cli_then_rerun_skips(tmp_path):
     assert [c["status"] for c in rerun["cells"]] == ["skipped"] * len(QUICK_CELLS)
     assert rerun["parent_run_id"] == summary["parent_run_id"]
 
+    # The ablation report reads the same files whether the cells ran or were skipped.
+    from magdi_dist.study.ablation import ablation_rows, comparisons, markdown
+
+    rows, again_rows = ablation_rows(summary), ablation_rows(rerun)
+    assert [r["correct"] for r in rows] == [r["correct"] for r in again_rows] and len(rows) == len(QUICK_CELLS)
+    for row, cell in zip(rows, summary["cells"], strict=True):
+        assert row["accuracy"] == pytest.approx(cell["accuracy"]) == pytest.approx(sum(row["correct"]) / row["n"])
+    assert markdown(rows).count("\n") == len(rows) + 1 and comparisons(rows).count(" vs ") == 1 + 3  # header + pairs
+
 
 @pytest.mark.slow
 def test_study_against_an_mlflow_server(tmp_path):

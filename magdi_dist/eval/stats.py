@@ -48,3 +48,31 @@ def summarize(records: list[dict]) -> dict:
         "tokens_per_sample": _mean([t for r in records for t in r["sample_tokens"]]),
         "latency_s_per_question": _mean([r["latency_s"] for r in records]),
     }
+
+
+def paired_difference(a: list[bool], b: list[bool], z: float = Z95) -> dict:
+    """Accuracy of ``a`` minus accuracy of ``b`` on the same questions (same order), with Newcombe's
+    (1998, method 10) 95% interval for a paired difference, built from the two Wilson intervals and
+    the correlation of the pairs (it stays in [-1, 1] and is sound at small n, unlike Wald), and the
+    exact two-sided McNemar p-value (a binomial test on the discordant questions)."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"paired_difference needs two equally long, non-empty lists, got {len(a)} and {len(b)}")
+    n = len(a)
+    e = sum(x and y for x, y in zip(a, b, strict=True))  # both right
+    f = sum(x and not y for x, y in zip(a, b, strict=True))  # only a right
+    g = sum(y and not x for x, y in zip(a, b, strict=True))  # only b right
+    h = n - e - f - g
+    p1, p2 = (e + f) / n, (e + g) / n
+    l1, u1 = wilson_interval(e + f, n, z)
+    l2, u2 = wilson_interval(e + g, n, z)
+    denom = math.sqrt((e + f) * (g + h) * (e + g) * (f + h))
+    cross = e * h - f * g
+    # Newcombe's continuity-corrected correlation: shrink a positive cross product by n/2.
+    phi = 0.0 if denom == 0 else (max(cross - n / 2, 0.0) if cross > 0 else cross) / denom
+    dl = math.sqrt(max((p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2, 0.0))
+    du = math.sqrt(max((u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2, 0.0))
+    diff = p1 - p2
+    discordant = f + g
+    tail = sum(math.comb(discordant, k) for k in range(min(f, g) + 1)) / 2**discordant if discordant else 1.0
+    return {"n": n, "difference": diff, "ci95_low": max(-1.0, diff - dl), "ci95_high": min(1.0, diff + du),
+            "only_a": f, "only_b": g, "mcnemar_p": min(1.0, 2 * tail)}

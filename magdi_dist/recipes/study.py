@@ -124,7 +124,8 @@ def _run_cell(study: StudyConfig, cell: Cell, ctx: dict) -> CellResult:
         return CellResult(cell=name, size=size.name, variant=variant.name, status="skipped", lr=cell.lr,
                           run_id=done.info.run_id, params=m.get("param_count"), flops=m.get("train_flops"),
                           eval_ntp_loss=m.get("eval_ntp_loss"), eval_loss=m.get("eval_loss"),
-                          accuracy=m.get("eval_accuracy"), wall_time_s=m.get("wall_time_s"), metrics=dict(m))
+                          accuracy=m.get("eval_accuracy"), wall_time_s=m.get("wall_time_s"), metrics=dict(m),
+                          export_dir=str(Path(cfg.train.output_dir) / "export"))
     out = Path(cfg.train.output_dir)
     started = time.perf_counter()
     tags = {"magdi.size": size.name, "magdi.variant": variant.name}

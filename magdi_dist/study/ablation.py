@@ -1,0 +1,128 @@
+"""An ablation's report: one row per variant of a study, and each variant against the others on the
+same questions (paired: the difference of accuracies with its 95% interval and McNemar's p).
+
+    python -m magdi_dist.study.ablation runs/study_smollm2_ablation/study_summary.json \
+        --plot docs/smollm2_ablation.png
+
+prints the Markdown tables of docs/results.md and draws the plot. Everything is recomputed from the
+study's files (``study_summary.json``, each cell's ``eval/predictions.jsonl`` and ``metrics.jsonl``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from magdi_dist.eval.stats import paired_difference
+
+
+def _records(export_dir: str) -> list[dict]:
+    path = Path(export_dir).parent / "eval" / "predictions.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _summary(export_dir: str) -> dict:
+    return json.loads((Path(export_dir).parent / "eval" / "summary.json").read_text())
+
+
+def _steps(export_dir: str) -> list[dict]:
+    path = Path(export_dir).parent / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+    return [r for r in rows if "loss" in r and "eval_loss" not in r]
+
+
+def ablation_rows(summary: dict) -> list[dict]:
+    """One row per finished cell, in study order."""
+    rows = []
+    for cell in summary["cells"]:
+        if cell["status"] == "failed" or not cell.get("export_dir"):
+            continue
+        ev, steps = _summary(cell["export_dir"]), _steps(cell["export_dir"])
+        eff = ev.get("efficiency") or {}
+        step_times = sorted(s["step_time_s"] for s in steps)
+        rows.append({
+            "variant": cell["variant"], "steps": len(steps), "eval_ntp_loss": cell["eval_ntp_loss"],
+            "accuracy": ev["accuracy"], "ci": (ev["ci95_low"], ev["ci95_high"]), "n": ev["n"],
+            "extraction_failures": ev["extraction_failure_rate"], "tokens_per_answer": ev["tokens_per_sample"],
+            "teacher_tokens_per_question": eff.get("teacher_tokens_per_question"),
+            "step_s": step_times[len(step_times) // 2] if step_times else None,
+            "tokens_per_s": (sum(s["tokens"] for s in steps) / sum(s["step_time_s"] for s in steps)) if steps else None,
+            "wall_s": cell["wall_time_s"], "correct": [bool(r["correct"]) for r in _records(cell["export_dir"])],
+            "questions": [r["id"] for r in _records(cell["export_dir"])],
+        })
+    return rows
+
+
+def _fmt(value, spec: str, none: str = "-") -> str:
+    return none if value is None else format(value, spec)
+
+
+def markdown(rows: list[dict]) -> str:
+    head = ("| variant | steps | held-out NTP loss | accuracy (95% CI) | no answer extracted | tokens per answer "
+            "| answer / teacher discussion tokens | step (median) | tokens/s | cell wall time |\n"
+            "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    lines = [head]
+    for r in rows:
+        ratio = (r["tokens_per_answer"] / r["teacher_tokens_per_question"]
+                 if r["tokens_per_answer"] and r["teacher_tokens_per_question"] else None)
+        lines.append(
+            f"| {r['variant']} | {r['steps']} | {_fmt(r['eval_ntp_loss'], '.4f')} | {r['accuracy']:.1%} "
+            f"[{r['ci'][0]:.1%}, {r['ci'][1]:.1%}] (n={r['n']}) | {r['extraction_failures']:.1%} "
+            f"| {_fmt(r['tokens_per_answer'], '.0f')} | {_fmt(ratio, '.2f')} | {_fmt(r['step_s'], '.1f', '-')} s "
+            f"| {_fmt(r['tokens_per_s'], '.0f')} | {r['wall_s']:.0f} s |")
+    return "\n".join(lines)
+
+
+def comparisons(rows: list[dict]) -> str:
+    """Every pair of variants, paired on the same questions."""
+    lines = ["| a vs b | accuracy a - b (95% CI) | only a right | only b right | McNemar p |",
+             "| --- | --- | ---: | ---: | ---: |"]
+    for i, a in enumerate(rows):
+        for b in rows[i + 1:]:
+            if a["questions"] != b["questions"]:
+                raise ValueError(f"{a['variant']} and {b['variant']} were evaluated on different questions")
+            d = paired_difference(b["correct"], a["correct"])
+            lines.append(f"| {b['variant']} vs {a['variant']} | {d['difference']:+.1%} "
+                         f"[{d['ci95_low']:+.1%}, {d['ci95_high']:+.1%}] | {d['only_a']} | {d['only_b']} "
+                         f"| {d['mcnemar_p']:.3f} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: str | Path, title: str) -> Path:
+    """Accuracy with its Wilson interval and held-out NTP loss, one bar per variant (Agg, no pyplot)."""
+    from matplotlib.figure import Figure
+
+    names = [r["variant"] for r in rows]
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    acc_ax, loss_ax = fig.subplots(1, 2)
+    acc = [100 * r["accuracy"] for r in rows]
+    err = [[a - 100 * r["ci"][0] for a, r in zip(acc, rows, strict=True)],
+           [100 * r["ci"][1] - a for a, r in zip(acc, rows, strict=True)]]
+    acc_ax.bar(names, acc, yerr=err, capsize=6, color="#4c72b0")
+    acc_ax.set_ylabel("GSM8K test accuracy, % (95% Wilson CI)")
+    acc_ax.set_title(f"accuracy, n={rows[0]['n']} clean questions")
+    loss_ax.bar(names, [r["eval_ntp_loss"] or 0 for r in rows], color="#dd8452")
+    loss_ax.set_ylabel("held-out NTP loss (per token)")
+    loss_ax.set_title("teachers' correct chains of held-out questions")
+    fig.suptitle(title)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("summary", help="study_summary.json of the ablation study")
+    parser.add_argument("--plot", help="write the plot (PNG) here")
+    args = parser.parse_args(argv)
+    summary = json.loads(Path(args.summary).read_text())
+    rows = ablation_rows(summary)
+    print(markdown(rows) + "\n\n" + comparisons(rows))
+    if args.plot:
+        plot(rows, args.plot, f"{summary['study']}: MAGDi ablation")
+
+
+if __name__ == "__main__":
+    main()
