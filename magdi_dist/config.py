@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 DS_PRESET_DIR = Path(__file__).resolve().parent.parent / "ds_configs"
 DS_PRESETS = ("zero0", "zero1", "zero2", "zero3", "zero3_offload")
+# Validation context key: False skips the input-file existence checks (ranks read shards, not inputs).
+CHECK_FILES = "check_files"
 
 
 class ConfigError(ValueError):
@@ -214,7 +216,9 @@ class DataConfig(_Section):
 
     @field_validator("paths")
     @classmethod
-    def _paths_exist(cls, value: list[str]) -> list[str]:
+    def _paths_exist(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        if not (info.context or {}).get(CHECK_FILES, True):  # a rank, which never reads them
+            return value
         missing = [p for p in value if not Path(p).is_file()]
         if missing:
             raise ValueError(f"data file not found: {', '.join(missing)}")

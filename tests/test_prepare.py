@@ -204,3 +204,19 @@ def test_max_mags_takes_the_first_mags_of_the_sorted_inputs(tmp_path, shared_dat
     assert [m.question for m in read_mags([subset]).mags] == expected
     stamp = subset.stat().st_mtime_ns
     assert prepare_data(cfg).processed == [] and subset.stat().st_mtime_ns == stamp  # cut once
+
+
+def test_a_ray_worker_takes_relative_input_paths_from_the_driver(tmp_path, shared_data, monkeypatch):
+    """Ray Train workers run in their own working dir: the config the driver validated (relative
+    teacher paths included) must validate there too, as ranks read only shards."""
+    from pydantic import ValidationError
+
+    from magdi_dist.launch.ray_train import worker_config
+
+    monkeypatch.chdir(shared_data.parent)
+    cfg = load_config(None, ["data.paths=[data/mag/magdi_layout/GSM8k_gpt4o_round_2.json]"])
+    monkeypatch.chdir(tmp_path)  # the worker's cwd
+    tree = cfg.model_dump(mode="json")
+    with pytest.raises(ValidationError, match="data file not found"):
+        type(cfg).model_validate(tree)
+    assert worker_config(tree) == cfg

@@ -26,7 +26,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from magdi_dist.config import MAGDiConfig
+from magdi_dist.config import CHECK_FILES, MAGDiConfig
 from magdi_dist.preprocess.pipeline import Log, print_log
 
 if TYPE_CHECKING:  # the loop imports torch and DeepSpeed; the driver only needs the type
@@ -68,6 +68,13 @@ def _mlflow_callback(tracking: dict | None, rank: int):
     return MetricsLogger(tracking["uri"], tracking["run_id"], rank=rank, flush_every=20)
 
 
+def worker_config(tree: dict[str, Any]) -> MAGDiConfig:
+    """The driver's config, validated again on a worker. Ranks read shards, never teacher files: the
+    driver checked those, and relative input paths name files in the driver's working dir, which a Ray
+    worker's is not."""
+    return MAGDiConfig.model_validate(tree, context={CHECK_FILES: False})
+
+
 def train_worker(config: dict[str, Any]) -> dict[str, Any]:
     """What every Ray Train worker runs: shard rows in, the loop, a summary out (rank 0's is kept)."""
     import ray.train
@@ -76,7 +83,7 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any]:
     from magdi_dist.train import checkpoint
     from magdi_dist.train.loop import train
 
-    cfg = MAGDiConfig.model_validate(config["config"])
+    cfg = worker_config(config["config"])
     ctx = ray.train.get_context()
     previous = ray.train.get_checkpoint()
     resumed = checkpoint.latest_checkpoint(cfg.train.output_dir) is not None
