@@ -282,10 +282,17 @@ class TrainConfig(_Section):
     """Checkpoints, metrics.jsonl, resolved_config.yaml, tokenizer and the export go here."""
     export: bool = True
     """Write the Hugging Face export (output_dir/export) at the end of training."""
+    export_max_shard_size: str = "5GB"
+    """Largest safetensors file of the export ("2GB", "500MB"): a larger LM is written as Hugging Face
+    shards + model.safetensors.index.json, streamed a block at a time (train/export.py)."""
     peak_flops: float | None = Field(None, gt=0)
-    """Peak FLOP/s of one rank's device for MFU; None: measured with a matmul at startup."""
+    """Peak FLOP per wall-clock second of one rank's device, the denominator of MFU (whose numerator is
+    the step's FLOPs per wall-clock second); None: measured with a matmul at startup."""
     progress: bool = True
     """Show a progress bar on rank 0."""
+    skip_memory_check: bool = False
+    """Start even when the capacity plan (``magdi-dist plan``) says the run cannot fit this machine's
+    memory under its ZeRO preset (the check runs before any rank starts, for local runs)."""
 
     @field_validator("lr")
     @classmethod
@@ -333,7 +340,7 @@ class MAGDiConfig(_Section):
 _HASH_EXCLUDE = {
     "preprocess": {"concurrency", "batch_size", "actor_num_cpus", "num_gpus", "out_dir", "strict"},
     "train": {"stop_after", "log_every", "eval_every", "eval_max_batches", "save_every", "keep_last_k",
-              "output_dir", "export", "peak_flops", "progress"},
+              "output_dir", "export", "export_max_shard_size", "peak_flops", "progress", "skip_memory_check"},
 }
 
 
@@ -408,7 +415,8 @@ def describe_config(model: type[BaseModel] = MAGDiConfig, prefix: str = "") -> s
             optional = " (optional section, default null)" if field.default is None else ""
             lines += [f"{key}{optional}\n    {doc}", describe_config(subs[0], key + ".")]
         else:
-            default = json.dumps(field.get_default(call_default_factory=True), default=str)
+            default = ("(required)" if field.is_required()
+                       else json.dumps(field.get_default(call_default_factory=True), default=str))
             lines.append(f"{key} = {default}\n    {doc}")
     return "\n".join(lines)
 

@@ -15,6 +15,7 @@ Graph features (``graph_features``):
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -23,18 +24,53 @@ from magdi_dist.model.build import load_lm, unwrap_lm
 from magdi_dist.model.encoder import GraphEncoder
 from magdi_dist.model.forward import lm_forward
 from magdi_dist.model.losses import margin_ranking_loss, node_loss, ntp_loss, pool_hidden
+from magdi_dist.model.zero_init import partition_module
+
+# Batch key of the LM row plan (``lm_rows``), set on the host before the batch moves to its device.
+LM_ROWS = "lm_rows"
+
+
+def lm_rows(cfg: StudentConfig, batch: dict) -> tuple[torch.Tensor | None, int | None]:
+    """(indices of the batch rows the LM has to run, their padded width), or (None, None) for all rows.
+
+    A pair without a negative carries a one-token placeholder row (data/collate.py) that no loss
+    reads: its margin term is masked by pair_mask and live features skip it (neg_node -1). Running
+    it still costs a full padded row of decoder forward + backward, and on real debate data most
+    pairs have no negative (GSM8K debates: 80%, so 40% of all rows; benchmarks/padding.py), so
+    those rows are left out of the LM pass. The losses are unchanged. Without a margin term
+    (``margin_weight: 0``, the NTP-only / SFT baseline) and with frozen features no loss reads any
+    negative, so none runs: the baseline does the work of plain fine-tuning, no more.
+
+    The decision sets tensor shapes, so it is read on the host: from the collated batch before it
+    moves (the training loop stores it under ``LM_ROWS``, no device sync), or here, copying the
+    masks back from the device (a sync) when a caller did not."""
+    pair_mask = batch["pair_mask"].detach().cpu().numpy()
+    B = len(pair_mask)
+    needed = pair_mask > 0
+    if cfg.margin_weight == 0:
+        needed[:] = False
+    if cfg.graph_features == "live":  # every node that gets a live feature needs its row
+        needed |= batch["neg_node"].detach().cpu().numpy() >= 0
+    if needed.all():
+        return None, None
+    keep = np.concatenate([np.arange(B), B + np.flatnonzero(needed)])
+    # Right padding: the kept rows only need the width of the longest of them.
+    width = int(batch["attention_mask"].detach().cpu().numpy()[keep].sum(axis=1).max())
+    return torch.from_numpy(keep), width
 
 
 class MAGDiStudent(nn.Module):
     def __init__(self, cfg: StudentConfig, lm: nn.Module | None = None, tokenizer=None,
-                 feature_dim: int | None = None):
+                 feature_dim: int | None = None, ds_config: dict | None = None):
         """``feature_dim``: width of the frozen node features (the data's; default the LM hidden
-        size, which it is unless ``cfg.feature_model`` names another model)."""
+        size, which it is unless ``cfg.feature_model`` names another model). ``ds_config``: a ZeRO-3
+        DeepSpeed config builds every part already partitioned (model/zero_init.py)."""
         super().__init__()
         self.cfg = cfg
         self.lm = lm if lm is not None else load_lm(
             cfg.base, tokenizer=tokenizer, seed=cfg.seed, dtype=cfg.dtype, lora=cfg.lora,
             gradient_checkpointing=cfg.gradient_checkpointing, trust_remote_code=cfg.trust_remote_code,
+            ds_config=ds_config,
         )
         hidden = unwrap_lm(self.lm).config.hidden_size
         self.hidden_size = hidden
@@ -44,6 +80,8 @@ class MAGDiStudent(nn.Module):
             self.encoder = GraphEncoder(feature_dim or hidden, cfg.gcn_hidden, cfg.gcn_layers, cfg.gcn_dropout)
             # Reference: tanh(mlp2(relu(mlp1(pooled)))), mlp1 H -> H.
             self.scorer = nn.Sequential(nn.Linear(hidden, scorer_hidden), nn.ReLU(), nn.Linear(scorer_hidden, 1))
+        partition_module(self.encoder, ds_config)
+        partition_module(self.scorer, ds_config)
 
     def score(self, pooled: torch.Tensor) -> torch.Tensor:
         """Scalar score in [-1, 1] per pooled sequence embedding."""
@@ -57,14 +95,13 @@ class MAGDiStudent(nn.Module):
         pair_mask = batch["pair_mask"].to(input_ids.device)
 
         # One pass for positives (rows :B) and the negatives a loss reads (rows B:); logits for positives.
-        keep = self._lm_rows(batch, pair_mask, B)
+        keep, width = batch[LM_ROWS] if LM_ROWS in batch else lm_rows(cfg, batch)
         if keep is None:
             hidden, pos_logits = lm_forward(self.lm, input_ids, attention_mask, head_rows=B)
             pooled = pool_hidden(hidden, attention_mask, cfg.pooling)
             lm_mask = attention_mask
         else:
-            # Right padding: the kept rows only need the width of the longest of them.
-            width = int(attention_mask[keep].sum(dim=1).max())
+            keep = keep.to(input_ids.device, non_blocking=True)
             lm_mask = attention_mask[keep][:, :width]
             hidden, pos_logits = lm_forward(self.lm, input_ids[keep][:, :width], lm_mask, head_rows=B)
             kept = pool_hidden(hidden, lm_mask, cfg.pooling)
@@ -96,31 +133,11 @@ class MAGDiStudent(nn.Module):
             "margin_loss": margin.detach(),
             "node_loss": nodes.detach(),
             "num_tokens": num_tokens.detach(),
+            "num_head_tokens": attention_mask[:B].sum().detach(),  # the output head runs on positives only
             "num_target_tokens": n_targets.detach(),
             "num_pairs_with_negative": (pair_mask > 0).sum().detach(),
             "num_nodes": torch.tensor(graph.num_nodes, device=input_ids.device),
         }
-
-    def _lm_rows(self, batch: dict, pair_mask: torch.Tensor, B: int) -> torch.Tensor | None:
-        """Indices of the batch rows the LM has to run, None for all of them.
-
-        A pair without a negative carries a one-token placeholder row (data/collate.py) that no loss
-        reads: its margin term is masked by pair_mask and live features skip it (neg_node -1). Running
-        it still costs a full padded row of decoder forward + backward, and on real debate data most
-        pairs have no negative (GSM8K debates: 80%, so 40% of all rows; benchmarks/padding.py), so
-        those rows are left out of the LM pass. The losses are unchanged. Without a margin term
-        (``margin_weight: 0``, the NTP-only / SFT baseline) and with frozen features no loss reads any
-        negative, so none runs: the baseline does the work of plain fine-tuning, no more.
-        """
-        needed = pair_mask > 0
-        if self.cfg.margin_weight == 0:
-            needed = torch.zeros_like(needed)
-        if self.cfg.graph_features == "live":  # every node that gets a live feature needs its row
-            needed = needed | (batch["neg_node"].to(pair_mask.device) >= 0)
-        if bool(needed.all()):
-            return None
-        pos = torch.arange(B, device=pair_mask.device)
-        return torch.cat([pos, B + needed.nonzero().squeeze(1)])
 
     def _live_features(self, x: torch.Tensor, pooled: torch.Tensor, batch: dict, B: int) -> torch.Tensor:
         """x with the rows of this batch's chain nodes replaced by their (differentiable) embeddings."""

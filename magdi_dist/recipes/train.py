@@ -22,15 +22,21 @@ def load(config: str | Path | None, overrides: list[str], storage: str | None = 
     return with_durable_outputs(load_config(config, overrides), storage)
 
 
-def preflight(cfg: MAGDiConfig, world_size: int, resume: bool) -> None:
-    """What would fail after minutes fails now: the DeepSpeed preset must fill from this config, and a
-    resume must find checkpoints of the same config and world size (CheckpointMismatch otherwise)."""
+def preflight(cfg: MAGDiConfig, world_size: int, resume: bool, *, this_machine: bool = True) -> None:
+    """What would fail after minutes fails now: the DeepSpeed preset must fill from this config, a
+    resume must find checkpoints of the same config and world size (CheckpointMismatch otherwise),
+    and a run on ``this_machine`` must fit its memory by the capacity plan (ConfigError naming the
+    numbers and the presets that fit; ``train.skip_memory_check`` skips it). The plan builds the
+    student on the meta device: no weights, about a second."""
+    from magdi_dist.launch.plan import check_fits
     from magdi_dist.train.checkpoint import check_resumable
     from magdi_dist.train.engine import build_ds_config
 
     build_ds_config(cfg, world_size, "cpu")
     if resume:
         check_resumable(cfg.train.output_dir, config_hash(cfg), world_size)
+    if this_machine and not cfg.train.skip_memory_check:
+        check_fits(cfg, world_size)
 
 
 def run(config: str | Path, overrides: list[str], *, storage: str | None = None, resume: bool = True,
@@ -42,7 +48,8 @@ def run(config: str | Path, overrides: list[str], *, storage: str | None = None,
     # 1. The config, and where its outputs go.
     cfg = load(config, overrides, storage)
     world = ray_workers or nproc_per_node
-    preflight(cfg, world, resume)
+    # Ray workers run on the cluster's devices, not this driver's: plan those with `magdi-dist plan`.
+    preflight(cfg, world, resume, this_machine=not ray_workers)
     print(f"outputs: {cfg.train.output_dir}", flush=True)
 
     # 2. Ray Train: the launcher prepares the data on the cluster, then starts its workers.

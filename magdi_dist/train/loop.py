@@ -4,6 +4,12 @@ Train all call the same code.
 
 One optimizer step = ``grad_accum`` micro-steps through the DeepSpeed engine (it scales the loss by
 1/grad_accum, all-reduces at the boundary, clips and steps the optimizer and our LR schedule).
+
+The step never waits for the device on our account: losses, counts, FLOPs and the grad norm stay on
+the device until a logging step (``train.log_every``; also before an eval or a checkpoint, which wait
+anyway) reads the whole interval at once (train/metrics.py ``StepLog``), and which rows the LM runs
+is decided on the host before the batch moves (model/student.py ``lm_rows``). What still waits per
+step is inside the libraries; tests/test_train_syncs.py counts it.
 """
 
 from __future__ import annotations
@@ -24,13 +30,7 @@ from magdi_dist.config import MAGDiConfig, config_hash
 from magdi_dist.data.shards import TrainData
 from magdi_dist.train import checkpoint
 from magdi_dist.train.dist import DistInfo, barrier, init_distributed
-from magdi_dist.train.metrics import (
-    MetricsCallback,
-    MetricsWriter,
-    StepAccumulator,
-    measure_peak_flops,
-    step_record,
-)
+from magdi_dist.train.metrics import MetricsCallback, MetricsWriter, StepAccumulator, StepLog, measure_peak_flops
 from magdi_dist.train.sampler import LengthGroupedSampler
 
 log = logging.getLogger("magdi_dist.train")
@@ -74,26 +74,34 @@ def _write_resolved(cfg: MAGDiConfig, out: Path, cfg_hash: str) -> None:
 
 
 class _Flops:
-    """Training FLOPs of a micro-step, from counts taken before ZeRO-3 partitions the parameters."""
+    """Training FLOPs of a micro-step, from counts taken before ZeRO-3 partitions the parameters: the
+    decoder per token of every row that ran, the output head per positive token, the GCN per node.
+    A float64 device scalar (the counts are device tensors; reading them here would wait for the step)."""
 
     def __init__(self, student):
-        from magdi_dist.model import flops_per_node, flops_per_token
+        from magdi_dist.model.flops import decoder_flops_per_token, flops_per_node, head_flops_per_token
 
-        self.base = flops_per_token(student, 0)
-        self.per_pos = flops_per_token(student, 1) - self.base  # attention grows with sequence length
+        self.base = decoder_flops_per_token(student, 0)
+        self.per_pos = decoder_flops_per_token(student, 1) - self.base  # attention grows with sequence length
+        self.head = head_flops_per_token(student)
         self.per_node = flops_per_node(student)
 
-    def __call__(self, out: dict, seq_len: int) -> float:
-        return (self.base + self.per_pos * seq_len) * float(out["num_tokens"]) + \
-            self.per_node * float(out["num_nodes"])
+    def __call__(self, out: dict, seq_len: int) -> torch.Tensor:
+        def count(key: str) -> torch.Tensor:
+            return out[key].detach().to(torch.float64)
+
+        return ((self.base + self.per_pos * seq_len) * count("num_tokens") + self.head * count("num_head_tokens")
+                + self.per_node * count("num_nodes"))
 
 
 def _collate(cfg: MAGDiConfig, rows, pad_id: int, epoch: int, device):
     from magdi_dist.data import batch_to, collate
+    from magdi_dist.model.student import LM_ROWS, lm_rows
 
     live = cfg.model.graph_features == "live"
     batch = collate(rows, pad_id, live_extra_nodes=cfg.model.live_extra_nodes if live else 0,
                     live_node_max_tokens=cfg.model.live_node_max_tokens, seed=cfg.train.seed + epoch)
+    batch[LM_ROWS] = lm_rows(cfg.model, batch)  # decided on the host copy: shapes, without a device sync
     return batch_to(batch, device)
 
 
@@ -112,17 +120,17 @@ def evaluate(engine, cfg: MAGDiConfig, rows, pad_id: int, info: DistInfo) -> dic
     sampler = LengthGroupedSampler(lengths, t.micro_batch_size, info.world_size, info.rank, shuffle=False)
     batches = sampler.epoch_batches(0)[: t.eval_max_batches]
     acc = StepAccumulator(info.device)
-    token_sums = torch.zeros(2, dtype=torch.float64)  # NTP loss x target tokens, target tokens
+    # NTP loss x target tokens, target tokens: summed on the device, read once at the end.
+    token_sums = torch.zeros(2, dtype=torch.float64, device=info.device)
     engine.eval()
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         for idx in batches:
             out = engine(_collate(cfg, [rows[i] for i in idx], pad_id, 0, info.device))
             acc.add(out, 0.0)
-            n = float(out["num_target_tokens"])
-            token_sums += torch.tensor([float(out["ntp_loss"]) * n, n], dtype=torch.float64)
+            n = out["num_target_tokens"].to(torch.float64)
+            token_sums += torch.stack([out["ntp_loss"].to(torch.float64) * n, n])
     engine.train()
     red = acc.reduce()
-    token_sums = token_sums.to(info.device)
     if torch.distributed.is_initialized() and info.world_size > 1:
         torch.distributed.all_reduce(token_sums)
     ntp_sum, targets = token_sums.cpu().tolist()
@@ -131,11 +139,12 @@ def evaluate(engine, cfg: MAGDiConfig, rows, pad_id: int, info: DistInfo) -> dic
             "eval_target_tokens": targets}
 
 
-def _grad_norm_stage0(engine) -> float:
+def _grad_norm_stage0(engine) -> torch.Tensor | float:
     """DeepSpeed reports no grad norm at stage 0 in fp32 (it clips with torch's clip_grad_norm_ and
-    drops the value), so take it from the all-reduced gradients before the step: the same number."""
+    drops the value), so take it from the all-reduced gradients before the step: the same number, left
+    on the device until the step is logged."""
     grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
-    return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+    return torch.nn.utils.get_total_norm(grads) if grads else 0.0
 
 
 def _check_split(cfg: MAGDiConfig, data: TrainData) -> None:
@@ -158,7 +167,8 @@ def train(cfg: MAGDiConfig, data: TrainData, *, resume: bool = True,
     from transformers import AutoTokenizer
 
     from magdi_dist.model import MAGDiStudent
-    from magdi_dist.train.engine import initialize
+    from magdi_dist.model.build import lm_hidden_size
+    from magdi_dist.train.engine import engine_config, initialize
     from magdi_dist.train.export import export
 
     info = init_distributed()
@@ -176,7 +186,10 @@ def train(cfg: MAGDiConfig, data: TrainData, *, resume: bool = True,
     _check_split(cfg, data)
     t0 = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(data.tokenizer)
-    student = MAGDiStudent(cfg.model, tokenizer=tokenizer, feature_dim=data.feature_dim)
+    # The DeepSpeed config comes first: under ZeRO-3 the student is built already partitioned with it.
+    ds_config, _ = engine_config(cfg, info.world_size, info.accelerator, lm_hidden_size(
+        cfg.model.base, tokenizer=tokenizer, trust_remote_code=cfg.model.trust_remote_code))
+    student = MAGDiStudent(cfg.model, tokenizer=tokenizer, feature_dim=data.feature_dim, ds_config=ds_config)
     log.info("student ready in %.1fs (%d training rows, %d held-out rows, data %s)", time.perf_counter() - t0,
              len(data.train), len(data.eval), data.fingerprint[:12])
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -189,7 +202,7 @@ def train(cfg: MAGDiConfig, data: TrainData, *, resume: bool = True,
     peak = t.peak_flops or measure_peak_flops(info.device)
 
     t0 = time.perf_counter()
-    engine, _ = initialize(student, cfg, info.world_size, info.accelerator, total_steps)
+    engine, _ = initialize(student, cfg, info.world_size, info.accelerator, total_steps, ds_config)
     log.info("DeepSpeed engine ready in %.1fs (ZeRO stage %d, %d steps)", time.perf_counter() - t0,
              engine.zero_optimization_stage(), total_steps)
     seed_all(t.seed, info.rank)
@@ -219,6 +232,20 @@ def train(cfg: MAGDiConfig, data: TrainData, *, resume: bool = True,
         if on_checkpoint is not None:
             on_checkpoint(result.checkpoint, state)
 
+    def log_pending() -> None:
+        """Read the steps since the last read (a collective: every rank, at the same steps)."""
+        records = steps.read()
+        if not info.is_main:
+            return
+        for rec in records:
+            result.metrics.append(rec)
+            if rec["step"] % t.log_every == 0 or rec["step"] == stop_at:
+                writer.write(rec)
+            if metrics_callback:
+                metrics_callback(rec["step"], rec)
+        if records:
+            bar.set_postfix(loss=f"{records[-1]['loss']:.4f}", lr=f"{records[-1]['lr']:.2e}")
+
     def run_eval() -> None:
         ev = evaluate(engine, cfg, data.eval, pad_id, info) if data.eval else None
         if ev is not None:
@@ -229,6 +256,7 @@ def train(cfg: MAGDiConfig, data: TrainData, *, resume: bool = True,
 
     stream = sampler.iter_from(position)
     acc = StepAccumulator(info.device)
+    steps = StepLog(info.device, info.world_size, peak)
     engine.train()
     t_loop = time.perf_counter()
     while step < stop_at:
@@ -246,22 +274,18 @@ def train(cfg: MAGDiConfig, data: TrainData, *, resume: bool = True,
             acc.add(outputs, flops(outputs, batch["input_ids"].shape[1]))
             position = pos + 1
         step += 1
-        if grad_norm is None:
-            gn = engine.get_global_grad_norm()
-            grad_norm = float(gn) if gn is not None else None
-        # acc.reduce() is a collective: every rank, every step.
-        rec = step_record(step, acc.reduce(), lr, grad_norm, info.world_size, peak, position / per_epoch)
-        if info.is_main:
-            result.metrics.append(rec)
-            if step % t.log_every == 0 or step == stop_at:
-                writer.write(rec)
-            if metrics_callback:
-                metrics_callback(step, rec)
-            bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}")
+        # A tensor (or float, or None) from DeepSpeed: read with the step's sums, not now.
+        steps.push(step, acc, lr, position / per_epoch,
+                   grad_norm if grad_norm is not None else engine.get_global_grad_norm())
+        eval_now = bool(t.eval_every) and step % t.eval_every == 0
+        save_now = bool(t.save_every) and step % t.save_every == 0 and step < stop_at
+        # Eval and checkpoints wait for the device anyway; reading first keeps metrics.jsonl in step order.
+        if step % t.log_every == 0 or step == stop_at or eval_now or save_now:
+            log_pending()
         bar.update(1)
-        if t.eval_every and step % t.eval_every == 0:
+        if eval_now:
             run_eval()
-        if t.save_every and step % t.save_every == 0 and step < stop_at:
+        if save_now:
             save()
     bar.close()
     result.step = step
