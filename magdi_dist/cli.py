@@ -48,7 +48,7 @@ def preprocess(
 def submit(
     address: str = typer.Option(..., "--address", help="Ray job API, e.g. http://127.0.0.1:8265."),
     config: Path = typer.Option(..., "--config", "-c", help="Run config YAML inside the working dir."),
-    job: str = typer.Option("train", "--job", help="Entrypoint ray_jobs/<job>.py: preprocess, train or study."),
+    job: str = typer.Option("train", "--job", help="Entrypoint ray_jobs/<job>.py: preprocess, train, study or debate."),
     args: list[str] | None = typer.Argument(None, help="Passed on to the entrypoint (after --), e.g. "
                                                        "-- --workers 2 --storage /shared/magdi."),
     env: list[str] = typer.Option([], "--env", help="KEY=VALUE for the job's processes (repeatable)."),
@@ -117,6 +117,43 @@ def train(
 
 
 @app.command()
+def plan(
+    config: Path | None = typer.Option(None, "--config", "-c", help="Run config YAML (default: the defaults)."),
+    overrides: list[str] | None = typer.Argument(None, help="Overrides key.sub=value, as for train."),
+    nodes: int = typer.Option(1, "--nodes", min=1, help="Nodes of the planned cluster."),
+    gpus_per_node: int | None = typer.Option(None, "--gpus-per-node", min=1,
+                                             help="Devices (ranks) per node (default: this machine's GPUs, "
+                                                  "or 1 rank without a GPU)."),
+    device_memory_gb: float | None = typer.Option(None, "--device-memory-gb", min=0.001,
+                                                  help="GiB per device: plan for these GPUs instead of "
+                                                       "this machine's."),
+    node_memory_gb: float | None = typer.Option(None, "--node-memory-gb", min=0.001,
+                                                help="Host RAM GiB per node (default: this machine's; not "
+                                                     "checked for a cluster given by --device-memory-gb)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as one JSON object."),
+) -> None:
+    """Capacity plan before launch: per ZeRO preset, the memory of model states per device and per node
+    (DeepSpeed's estimators), this config's activations, and which presets fit. Builds no weights."""
+    import contextlib
+    import json
+    import sys
+
+    from magdi_dist.config import load_config, or_exit
+    from magdi_dist.launch.plan import format_plan, planned_hardware
+    from magdi_dist.launch.plan import plan as make_plan
+    from magdi_dist.model.shapes import ShapeError
+
+    cfg = or_exit(load_config, config, list(overrides or []))
+    try:  # DeepSpeed logs to stdout when imported: keep stdout for the plan (--json parses)
+        with contextlib.redirect_stdout(sys.stderr):
+            result = make_plan(cfg, planned_hardware(nodes, gpus_per_node, device_memory_gb, node_memory_gb))
+    except ShapeError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(result) if as_json else format_plan(result))
+
+
+@app.command()
 def evaluate(
     model: str = typer.Option(..., help="Exported student directory, or an MLflow URI (models:/NAME@ALIAS)."),
     data: Path = typer.Option(..., help="Held-out questions: GSM8K/StrategyQA/ECQA/ARC/AQuA file or a MAG file."),
@@ -172,6 +209,78 @@ def evaluate(
             f"{summary['tokens_per_question']:.1f} tokens/question, extraction failures "
             f"{summary['extraction_failure_rate']:.2%}; wrote {summary['out']}"
         )
+
+
+@app.command()
+def debate(
+    config: Path | None = typer.Option(None, "--config", "-c", help="Debate config YAML (configs/debate_gsm8k.yaml)."),
+    overrides: list[str] | None = typer.Argument(None, help="With --config: overrides key.sub=value, e.g. rounds=3."),
+    questions: Path | None = typer.Option(None, help="Without --config: questions (any file `evaluate` reads)."),
+    limit: int | None = typer.Option(None, help="Without --config: only the first N questions."),
+    agents: int | None = typer.Option(None, help="Without --config: agents on the one endpoint [3]; agent i has "
+                                      "seed i and temperature 0.7 + 0.1 i."),
+    rounds: int | None = typer.Option(None, help="Without --config: discussion rounds [2]."),
+    base_url: str | None = typer.Option(None, help="Without --config: OpenAI-compatible API root (.../v1)."),
+    model: str | None = typer.Option(None, help="Without --config: model name the endpoint serves."),
+    max_tokens: int | None = typer.Option(None, help="Without --config: completion budget per turn [256]."),
+    protocol: str | None = typer.Option(None, help="Without --config: du (Du et al.) or reconcile [du]."),
+    api_key_env: str | None = typer.Option(None, help="Without --config: env variable holding the API key."),
+    extra_body: str | None = typer.Option(None, help="Without --config: JSON object of extra request fields "
+                                          "(transformers serve samples only with a generation_config: README)."),
+    out: Path | None = typer.Option(None, help="Without --config: output MAG JSONL."),
+    workers: int | None = typer.Option(None, help="Without --config: Ray workers [1] (with --config: workers=N)."),
+    address: str | None = typer.Option(None, "--address", help="Ray cluster (default: RAY_ADDRESS, else a local Ray)."),
+    storage: str | None = typer.Option(None, "--storage", envvar="MAGDI_STORAGE",
+                                       help="Root for relative output paths (default: the working directory)."),
+    keys: bool = typer.Option(False, "--keys", help="List every config key with its default and meaning."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (stderr)."),
+) -> None:
+    """Generate teacher discussions: agents on OpenAI-compatible endpoints discuss each question (sharded over
+    Ray), every turn is logged as it arrives, graded MAGs are written for `preprocess`. Re-running asks only
+    what is missing. Exit 1 while questions are incomplete (failed requests are logged; run again)."""
+    import json
+
+    from magdi_dist.config import ConfigError, describe_config
+    from magdi_dist.debate.config import DebateConfig, load_debate_config, simple_config
+    from magdi_dist.debate.store import StateError
+    from magdi_dist.eval.errors import EvalInputError
+    from magdi_dist.mag.errors import MAGInputError
+
+    if keys:
+        typer.echo(describe_config(DebateConfig))
+        raise typer.Exit(0)
+    simple = {"questions": questions, "limit": limit, "agents": agents, "rounds": rounds, "base_url": base_url,
+              "model": model, "max_tokens": max_tokens, "protocol": protocol, "api_key_env": api_key_env,
+              "extra_body": extra_body, "out": out, "workers": workers}
+    given = {k: v for k, v in simple.items() if v is not None}
+    try:
+        if config is not None:
+            if given:
+                raise ConfigError(f"with --config, give settings as overrides (key=value), not "
+                                  f"{', '.join('--' + k.replace('_', '-') for k in given)}")
+            cfg = load_debate_config(config, list(overrides or []), storage)
+        else:
+            need = [f"--{k.replace('_', '-')}" for k in ("questions", "base_url", "model", "out") if k not in given]
+            if need or overrides:
+                raise ConfigError(f"give --config FILE, or {', '.join(need) or 'no overrides'} for the simple case")
+            if extra_body is not None:
+                try:
+                    given["extra_body"] = json.loads(extra_body)
+                except ValueError as err:
+                    raise ConfigError(f"--extra-body is not JSON: {err}") from None
+            given.update(questions=str(questions), out=str(out))
+            cfg = simple_config(**given, storage=storage)
+        from magdi_dist.debate.run import run_debate
+
+        summary = run_debate(cfg, address=address, progress=progress)
+    except (ConfigError, StateError, EvalInputError, MAGInputError, FileNotFoundError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    from magdi_dist.debate.summary import format_summary
+
+    typer.echo(json.dumps(summary, sort_keys=True) if as_json else format_summary(summary))
+    raise typer.Exit(0 if summary["incomplete"] == 0 else 1)
 
 
 @app.command()
@@ -295,9 +404,11 @@ def demo(
 
 @app.command()
 def bench(
-    quick: bool = typer.Option(False, help="Smoke-test size (about 3 minutes; the numbers mean nothing)."),
+    quick: bool = typer.Option(False, help="Smoke-test size (about 3 minutes; the numbers mean nothing). Skips "
+                               "the peer figure unless --only names it."),
     only: list[str] = typer.Option([], "--only", help="Run only this figure (repeatable): padding, "
-                                   "step_overhead, mfu, data_path, checkpoint, zero_memory, preprocessing."),
+                                   "step_overhead, mfu, data_path, checkpoint, zero_memory, preprocessing, "
+                                   "peers (this project vs TRL's SFTTrainer on SmolLM2; needs the bench extra)."),
     threads: int = typer.Option(1, help="torch intra-op threads per process."),
     save_baseline: bool = typer.Option(False, help="Also write benchmarks/results/before.json."),
     docs: bool = typer.Option(True, "--docs/--no-docs", help="Rewrite the table in docs/benchmarks.md."),

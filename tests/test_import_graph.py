@@ -18,7 +18,7 @@ LAYERS = [
     ["mag", "model"],
     ["data", "track"],
     ["preprocess", "train", "eval"],
-    ["launch"],
+    ["launch", "debate"],  # debate reads questions through eval and writes MAGs through mag
     ["study"],
     ["recipes"],
     ["cli"],

@@ -36,3 +36,11 @@ def test_study_configs_validate(shared_data):
     files = [str(p) for p in sorted((shared_data / "mag" / "magdi_layout").glob("*.json"))[:3]]
     gpu = load_study(CONFIGS / "study_gpu.yaml", [f"overrides={{data.paths: {files}}}"])
     assert len(gpu.cells()) == 6 and gpu.tracking_uri.startswith("http")
+
+
+def test_debate_config_validates():
+    from magdi_dist.debate.config import load_debate_config
+
+    cfg = load_debate_config(CONFIGS / "debate_gsm8k.yaml")
+    assert [a.name for a in cfg.agents] == ["agent0", "agent1", "agent2"] and cfg.rounds == 2
+    assert cfg.protocol.kind == "du" and Path(cfg.out).is_absolute()

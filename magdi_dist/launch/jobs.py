@@ -19,7 +19,7 @@ import yaml
 
 from magdi_dist.preprocess.pipeline import Log, print_log
 
-JOBS = ("preprocess", "train", "study")
+JOBS = ("preprocess", "train", "study", "debate")
 RUNTIME_ENV = Path("ray_jobs") / "runtime_env.yaml"
 
 

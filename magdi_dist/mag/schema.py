@@ -11,6 +11,7 @@ each agent reads all answers of the previous round.
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -42,6 +43,9 @@ class Response(BaseModel):
     reasoning: str | None = None
     answer: str | None = None
     label: Label | None = None
+    meta: dict[str, Any] | None = None
+    """Provenance of this one response, carried through and never read by training: for generated
+    discussions (magdi_dist/debate) the endpoint, token usage, seed, attempts and timestamps."""
 
     @property
     def missing(self) -> bool:
@@ -94,6 +98,10 @@ class MAG(BaseModel):
     nodes instead of vanishing from the graph."""
     synthetic: bool = False
     source: Provenance | None = None
+    generation: dict[str, Any] | None = None
+    """How the discussion was generated, when this project generated it (magdi_dist/debate): protocol,
+    each agent's endpoint, model and sampling parameters, the prompt templates' hash and a content hash.
+    Carried through, never read by training."""
 
     @field_validator("task")
     @classmethod
