@@ -242,7 +242,7 @@ def debate(
     import json
 
     from magdi_dist.config import ConfigError, describe_config
-    from magdi_dist.debate.config import DebateConfig, load_debate_config, simple_config
+    from magdi_dist.debate.config import DebateConfig, config_from_cli
     from magdi_dist.debate.store import StateError
     from magdi_dist.eval.errors import EvalInputError
     from magdi_dist.mag.errors import MAGInputError
@@ -253,24 +253,8 @@ def debate(
     simple = {"questions": questions, "limit": limit, "agents": agents, "rounds": rounds, "base_url": base_url,
               "model": model, "max_tokens": max_tokens, "protocol": protocol, "api_key_env": api_key_env,
               "extra_body": extra_body, "out": out, "workers": workers}
-    given = {k: v for k, v in simple.items() if v is not None}
     try:
-        if config is not None:
-            if given:
-                raise ConfigError(f"with --config, give settings as overrides (key=value), not "
-                                  f"{', '.join('--' + k.replace('_', '-') for k in given)}")
-            cfg = load_debate_config(config, list(overrides or []), storage)
-        else:
-            need = [f"--{k.replace('_', '-')}" for k in ("questions", "base_url", "model", "out") if k not in given]
-            if need or overrides:
-                raise ConfigError(f"give --config FILE, or {', '.join(need) or 'no overrides'} for the simple case")
-            if extra_body is not None:
-                try:
-                    given["extra_body"] = json.loads(extra_body)
-                except ValueError as err:
-                    raise ConfigError(f"--extra-body is not JSON: {err}") from None
-            given.update(questions=str(questions), out=str(out))
-            cfg = simple_config(**given, storage=storage)
+        cfg = config_from_cli(config, list(overrides or []), simple, storage)
         from magdi_dist.debate.run import run_debate
 
         summary = run_debate(cfg, address=address, progress=progress)
@@ -421,13 +405,8 @@ def bench(
 
     root = Path(__file__).resolve().parent.parent
     if not (root / "benchmarks" / "__main__.py").is_file():
-        typer.echo(
-            f"error: the benchmarks ship only with a source checkout, and there is none next to the installed "
-            f"package ({root / 'magdi_dist'} has no ../benchmarks/). To run them:\n"
-            "  git clone <magdi-dist repository URL> magdi-dist; cd magdi-dist; python -m benchmarks\n"
-            "(or `magdi-dist bench` from that checkout, installed with `pip install -e .`).",
-            err=True,
-        )
+        typer.echo(f"error: the benchmarks ship only with a source checkout ({root / 'magdi_dist'} has no "
+                   "../benchmarks/): clone the repository and run `python -m benchmarks` there.", err=True)
         raise typer.Exit(2)
     argv = (["--quick"] if quick else []) + (["--only", *only] if only else []) + ["--threads", str(threads)]
     argv += (["--save-baseline"] if save_baseline else []) + ([] if docs else ["--no-docs"])

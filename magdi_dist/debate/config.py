@@ -11,6 +11,7 @@ change between runs (a local server restarted on another port keeps its turns).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -254,3 +255,25 @@ def simple_config(*, questions: str, out: str, base_url: str, model: str, agents
         "questions": {"path": questions, "limit": limit}, "out": out,
     }  # fmt: skip
     return debate_config_from_dict(tree, source="command-line flags", storage=storage)
+
+
+def config_from_cli(config: str | Path | None, overrides: list[str], flags: dict[str, Any],
+                    storage: str | None) -> DebateConfig:
+    """``magdi-dist debate``'s settings: a config file with ``key=value`` overrides, or the simple case's
+    flags (``flags``: flag name -> value, None when not given); never both (ConfigError)."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    if config is not None:
+        if given:
+            raise ConfigError(f"with --config, give settings as overrides (key=value), not "
+                              f"{', '.join('--' + k.replace('_', '-') for k in given)}")
+        return load_debate_config(config, overrides, storage)
+    need = [f"--{k.replace('_', '-')}" for k in ("questions", "base_url", "model", "out") if k not in given]
+    if need or overrides:
+        raise ConfigError(f"give --config FILE, or {', '.join(need) or 'no overrides'} for the simple case")
+    if isinstance(given.get("extra_body"), str):
+        try:
+            given["extra_body"] = json.loads(given["extra_body"])
+        except ValueError as err:
+            raise ConfigError(f"--extra-body is not JSON: {err}") from None
+    given.update(questions=str(given["questions"]), out=str(given["out"]))
+    return simple_config(**given, storage=storage)
