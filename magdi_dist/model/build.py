@@ -61,6 +61,7 @@ def load_lm(
     lora: LoraSpec | None = None,
     gradient_checkpointing: bool = False,
     trust_remote_code: bool = False,
+    ds_config: dict | None = None,
 ) -> torch.nn.Module:
     """Load or build the causal LM.
 
@@ -69,9 +70,12 @@ def load_lm(
     id, or a GGUF file / GGUF preset (``smollm2-135m-instruct``), loaded from its converted directory
     (model/sources.py). Tiny models take their vocabulary (and bos/eos/pad ids) from ``tokenizer`` (or
     ``vocab_size``) and are initialised from ``seed`` without touching the global RNG.
-    Remote code is refused unless ``trust_remote_code`` is set explicitly.
+    Remote code is refused unless ``trust_remote_code`` is set explicitly. With a ZeRO-3 ``ds_config``
+    the LM is built partitioned across the ranks (model/zero_init.py); LoRA is added after.
     """
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+    from magdi_dist.model.zero_init import hf_zero3, is_zero3, tiny_init
 
     torch_dtype = DTYPES[dtype]
     if is_tiny_spec(spec):
@@ -89,8 +93,8 @@ def load_lm(
         # and building a model does not shift the RNG stream of the caller (data order, dropout).
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            lm = LlamaForCausalLM(config)
-        lm = lm.to(torch_dtype)
+            # Under ZeRO-3 built partitioned, in the training precision (model/zero_init.py).
+            lm = tiny_init(config, ds_config) if is_zero3(ds_config) else LlamaForCausalLM(config).to(torch_dtype)
     else:
         spec = checkpoint_dir(spec)
         if not Path(str(spec)).is_dir() and "/" not in str(spec):
@@ -99,9 +103,10 @@ def load_lm(
                 f"preset {sorted(PRESETS)}, a .gguf file, a config dict, a local directory or a hub id "
                 "(owner/name)"
             )
-        lm = AutoModelForCausalLM.from_pretrained(
-            str(spec), dtype=torch_dtype, trust_remote_code=trust_remote_code
-        )
+        with hf_zero3(ds_config):
+            lm = AutoModelForCausalLM.from_pretrained(
+                str(spec), dtype=torch_dtype, trust_remote_code=trust_remote_code
+            )
     lm.config.use_cache = False  # training never decodes; the KV cache only costs memory
     if gradient_checkpointing:
         # Non-reentrant checkpointing works with frozen base weights (LoRA) without
@@ -114,17 +119,13 @@ def load_lm(
     if lora is not None:
         from peft import LoraConfig, get_peft_model
 
-        lm = get_peft_model(
-            lm,
-            LoraConfig(
-                r=lora.r,
-                lora_alpha=lora.alpha,
-                lora_dropout=lora.dropout,
-                target_modules=list(lora.target_modules),
-                bias="none",
-                task_type="CAUSAL_LM",
-            ),
-        )
+        config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                            target_modules=list(lora.target_modules), bias="none", task_type="CAUSAL_LM")
+        # Seeded too (lora_A is random): the adapters then do not depend on what the caller drew before,
+        # and a ZeRO-3 build (whose library calls draw differently around them) gets the same ones.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 2)
+            lm = get_peft_model(lm, config)
     return lm
 
 
@@ -144,3 +145,16 @@ def non_embedding_params(lm: torch.nn.Module) -> int:
     skip = {id(emb)} | ({id(out.weight)} if out is not None else set())
     # Under DeepSpeed ZeRO-3 a parameter is a partitioned stub (numel 0); ds_numel is its full size.
     return sum(getattr(p, "ds_numel", p.numel()) for i, p in seen.items() if i not in skip)
+
+
+def lm_hidden_size(spec: str | dict[str, Any], *, tokenizer=None, vocab_size: int | None = None,
+                   trust_remote_code: bool = False) -> int:
+    """The LM's hidden size from its config alone: the ZeRO-3 bucket sizes (train/engine.py) are needed
+    before the model exists, since the model is built inside ``zero.Init`` with that config."""
+    if is_tiny_spec(spec):
+        vocab = len(tokenizer) if tokenizer is not None else (vocab_size or 1)
+        return int(tiny_config(spec, vocab, {}).hidden_size)
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(checkpoint_dir(spec)), trust_remote_code=trust_remote_code)
+    return int(getattr(config, "hidden_size", None) or config.get_text_config().hidden_size)

@@ -61,9 +61,10 @@ def _param_count(export_dir: Path) -> int:
     (tied embeddings are stored once, so they count once)."""
     from safetensors import safe_open
 
+    from magdi_dist.train.export import export_weight_files  # one file, or the shards of a large LM
+
     total = 0
-    for name in ("model.safetensors", "graph_encoder.safetensors"):
-        path = export_dir / name
+    for path in [*export_weight_files(export_dir), export_dir / "graph_encoder.safetensors"]:
         if path.is_file():
             with safe_open(str(path), "pt") as f:
                 for key in f.keys():  # noqa: SIM118 -- safe_open is not a mapping

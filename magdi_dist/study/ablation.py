@@ -17,41 +17,44 @@ from pathlib import Path
 from magdi_dist.eval.stats import paired_difference
 
 
-def _records(export_dir: str) -> list[dict]:
-    path = Path(export_dir).parent / "eval" / "predictions.jsonl"
+def _records(cell_dir: Path) -> list[dict]:
+    path = cell_dir / "eval" / "predictions.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _summary(export_dir: str) -> dict:
-    return json.loads((Path(export_dir).parent / "eval" / "summary.json").read_text())
+def _metrics(cell_dir: Path) -> tuple[list[dict], dict | None]:
+    """(training steps, the last held-out evaluation) from the cell's metrics.jsonl."""
+    rows = [json.loads(line) for line in (cell_dir / "metrics.jsonl").read_text().splitlines()
+            if line.startswith("{")]
+    evals = [r for r in rows if "eval_ntp_loss" in r]
+    return [r for r in rows if "loss" in r and "eval_loss" not in r], (evals[-1] if evals else None)
 
 
-def _steps(export_dir: str) -> list[dict]:
-    path = Path(export_dir).parent / "metrics.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
-    return [r for r in rows if "loss" in r and "eval_loss" not in r]
+def cell_row(variant: str, cell_dir: str | Path, wall_s: float | None = None) -> dict:
+    """One variant's row from its cell folder (``train.output_dir``): held-out loss and step figures
+    from ``metrics.jsonl``, accuracy from ``eval/`` when the cell has been evaluated (else None)."""
+    cell_dir = Path(cell_dir)
+    steps, heldout = _metrics(cell_dir)
+    step_times = sorted(s["step_time_s"] for s in steps)
+    row = {"variant": variant, "steps": len(steps), "eval_ntp_loss": heldout["eval_ntp_loss"] if heldout else None,
+           "step_s": step_times[len(step_times) // 2] if step_times else None,
+           "tokens_per_s": (sum(s["tokens"] for s in steps) / sum(s["step_time_s"] for s in steps)) if steps else None,
+           "wall_s": wall_s, "accuracy": None}
+    summary = cell_dir / "eval" / "summary.json"
+    if summary.is_file():
+        ev = json.loads(summary.read_text())
+        records = _records(cell_dir)
+        row.update(accuracy=ev["accuracy"], ci=(ev["ci95_low"], ev["ci95_high"]), n=ev["n"],
+                   extraction_failures=ev["extraction_failure_rate"], tokens_per_answer=ev["tokens_per_sample"],
+                   teacher_tokens_per_question=(ev.get("efficiency") or {}).get("teacher_tokens_per_question"),
+                   correct=[bool(r["correct"]) for r in records], questions=[r["id"] for r in records])
+    return row
 
 
 def ablation_rows(summary: dict) -> list[dict]:
-    """One row per finished cell, in study order."""
-    rows = []
-    for cell in summary["cells"]:
-        if cell["status"] == "failed" or not cell.get("export_dir"):
-            continue
-        ev, steps = _summary(cell["export_dir"]), _steps(cell["export_dir"])
-        eff = ev.get("efficiency") or {}
-        step_times = sorted(s["step_time_s"] for s in steps)
-        rows.append({
-            "variant": cell["variant"], "steps": len(steps), "eval_ntp_loss": cell["eval_ntp_loss"],
-            "accuracy": ev["accuracy"], "ci": (ev["ci95_low"], ev["ci95_high"]), "n": ev["n"],
-            "extraction_failures": ev["extraction_failure_rate"], "tokens_per_answer": ev["tokens_per_sample"],
-            "teacher_tokens_per_question": eff.get("teacher_tokens_per_question"),
-            "step_s": step_times[len(step_times) // 2] if step_times else None,
-            "tokens_per_s": (sum(s["tokens"] for s in steps) / sum(s["step_time_s"] for s in steps)) if steps else None,
-            "wall_s": cell["wall_time_s"], "correct": [bool(r["correct"]) for r in _records(cell["export_dir"])],
-            "questions": [r["id"] for r in _records(cell["export_dir"])],
-        })
-    return rows
+    """One row per cell of a study that ran (finished or skipped), in study order."""
+    return [cell_row(c["variant"], Path(c["export_dir"]).parent, c["wall_time_s"])
+            for c in summary["cells"] if c["status"] != "failed" and c.get("export_dir")]
 
 
 def _fmt(value, spec: str, none: str = "-") -> str:
@@ -60,17 +63,19 @@ def _fmt(value, spec: str, none: str = "-") -> str:
 
 def markdown(rows: list[dict]) -> str:
     head = ("| variant | steps | held-out NTP loss | accuracy (95% CI) | no answer extracted | tokens per answer "
-            "| answer / teacher discussion tokens | step (median) | tokens/s | cell wall time |\n"
+            "| answer / teacher discussion tokens | step (median, s) | tokens/s | cell wall time (s) |\n"
             "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     lines = [head]
     for r in rows:
-        ratio = (r["tokens_per_answer"] / r["teacher_tokens_per_question"]
-                 if r["tokens_per_answer"] and r["teacher_tokens_per_question"] else None)
-        lines.append(
-            f"| {r['variant']} | {r['steps']} | {_fmt(r['eval_ntp_loss'], '.4f')} | {r['accuracy']:.1%} "
-            f"[{r['ci'][0]:.1%}, {r['ci'][1]:.1%}] (n={r['n']}) | {r['extraction_failures']:.1%} "
-            f"| {_fmt(r['tokens_per_answer'], '.0f')} | {_fmt(ratio, '.2f')} | {_fmt(r['step_s'], '.1f', '-')} s "
-            f"| {_fmt(r['tokens_per_s'], '.0f')} | {r['wall_s']:.0f} s |")
+        if r["accuracy"] is None:
+            acc = "not evaluated yet | - | - | -"
+        else:
+            ratio = (r["tokens_per_answer"] / r["teacher_tokens_per_question"]
+                     if r["tokens_per_answer"] and r["teacher_tokens_per_question"] else None)
+            acc = (f"{r['accuracy']:.1%} [{r['ci'][0]:.1%}, {r['ci'][1]:.1%}] (n={r['n']}) "
+                   f"| {r['extraction_failures']:.1%} | {_fmt(r['tokens_per_answer'], '.0f')} | {_fmt(ratio, '.2f')}")
+        lines.append(f"| {r['variant']} | {r['steps']} | {_fmt(r['eval_ntp_loss'], '.4f')} | {acc} "
+                     f"| {_fmt(r['step_s'], '.1f')} | {_fmt(r['tokens_per_s'], '.0f')} | {_fmt(r['wall_s'], '.0f')} |")
     return "\n".join(lines)
 
 
@@ -78,6 +83,7 @@ def comparisons(rows: list[dict]) -> str:
     """Every pair of variants, paired on the same questions."""
     lines = ["| a vs b | accuracy a - b (95% CI) | only a right | only b right | McNemar p |",
              "| --- | --- | ---: | ---: | ---: |"]
+    rows = [r for r in rows if r["accuracy"] is not None]
     for i, a in enumerate(rows):
         for b in rows[i + 1:]:
             if a["questions"] != b["questions"]:
@@ -93,6 +99,7 @@ def plot(rows: list[dict], path: str | Path, title: str) -> Path:
     """Accuracy with its Wilson interval and held-out NTP loss, one bar per variant (Agg, no pyplot)."""
     from matplotlib.figure import Figure
 
+    rows = [r for r in rows if r["accuracy"] is not None]
     names = [r["variant"] for r in rows]
     fig = Figure(figsize=(10, 4), layout="constrained")
     acc_ax, loss_ax = fig.subplots(1, 2)
@@ -114,14 +121,19 @@ def plot(rows: list[dict], path: str | Path, title: str) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("summary", help="study_summary.json of the ablation study")
+    parser.add_argument("summary", nargs="?", help="study_summary.json of the ablation study")
+    parser.add_argument("--cell", nargs=2, action="append", metavar=("VARIANT", "DIR"), default=[],
+                        help="a cell folder to report instead of a study summary (repeatable)")
     parser.add_argument("--plot", help="write the plot (PNG) here")
     args = parser.parse_args(argv)
-    summary = json.loads(Path(args.summary).read_text())
-    rows = ablation_rows(summary)
+    if args.summary:
+        summary = json.loads(Path(args.summary).read_text())
+        rows, title = ablation_rows(summary), f"{summary['study']}: MAGDi ablation"
+    else:
+        rows, title = [cell_row(variant, folder) for variant, folder in args.cell], "MAGDi ablation"
     print(markdown(rows) + "\n\n" + comparisons(rows))
-    if args.plot:
-        plot(rows, args.plot, f"{summary['study']}: MAGDi ablation")
+    if args.plot and any(r["accuracy"] is not None for r in rows):
+        plot(rows, args.plot, title)
 
 
 if __name__ == "__main__":

@@ -102,9 +102,6 @@ def fill_auto(preset: dict, train: TrainConfig, world_size: int, hidden_size: in
         raise ValueError(f"DeepSpeed config: unknown ZeRO stage {zero.get('stage')}")
     if zero.get("stage", 0) < 3:
         zero.pop("offload_param", None)  # only stage 3 partitions (and so can offload) parameters
-    if zero.get("stage", 0) == 3:
-        # export consolidates ZeRO-3 shards with engine.save_16bit_model, which needs this flag.
-        zero["stage3_gather_16bit_weights_on_model_save"] = True
     out.setdefault("steps_per_print", 10**9)  # our logger reports; silence DeepSpeed's own
     return out
 
@@ -187,15 +184,26 @@ def _hidden_size(model: torch.nn.Module) -> int | None:
     return int(hidden) if hidden else None
 
 
-def initialize(model: torch.nn.Module, cfg: MAGDiConfig, world_size: int, accelerator: str,
-               total_steps: int):
-    """(engine, ds_config). ``model`` is built on the host; DeepSpeed moves and partitions it."""
-    import deepspeed
-
-    ds_config, choice = build_ds_config(cfg, world_size, accelerator, hidden_size=_hidden_size(model))
+def engine_config(cfg: MAGDiConfig, world_size: int, accelerator: str,
+                  hidden_size: int | None) -> tuple[dict, str]:
+    """(DeepSpeed config ready for ``deepspeed.initialize`` / ``zero.Init``, optimizer choice)."""
+    ds_config, choice = build_ds_config(cfg, world_size, accelerator, hidden_size=hidden_size)
     zero = ds_config.get("zero_optimization", {})
     for key in [k for k, v in zero.items() if v == "auto"]:
         del zero[key]  # a model without a known hidden size: DeepSpeed's own default applies
+    return ds_config, choice
+
+
+def initialize(model: torch.nn.Module, cfg: MAGDiConfig, world_size: int, accelerator: str,
+               total_steps: int, ds_config: dict | None = None):
+    """(engine, ds_config). ``model`` is built on the host (or already partitioned under ZeRO-3's
+    ``zero.Init`` with ``ds_config``, which must then be the config it was built with); DeepSpeed
+    moves it and partitions what is not partitioned yet."""
+    import deepspeed
+
+    choice = resolve_optimizer_choice(cfg.train.optimizer, accelerator)
+    if ds_config is None:
+        ds_config, choice = engine_config(cfg, world_size, accelerator, _hidden_size(model))
     train = cfg.train
     optimizer = None
     groups = param_groups(model, train.weight_decay)

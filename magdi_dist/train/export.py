@@ -1,28 +1,47 @@
 """Hugging Face export: a directory ``AutoModelForCausalLM`` / ``AutoTokenizer.from_pretrained`` load.
 
-Contents: model.safetensors + config.json + generation_config.json (the causal LM, LoRA merged),
-the tokenizer files, graph_encoder.safetensors (GCN encoder ``encoder.*`` and scorer ``scorer.*``)
-and graph_encoder.json (what is needed to rebuild them).
+Contents: the causal LM with LoRA merged, as ``model.safetensors`` when it fits one shard of
+``train.export_max_shard_size``, else as Hugging Face shards ``model-0000k-of-0000n.safetensors`` +
+``model.safetensors.index.json``; config.json + generation_config.json; the tokenizer files;
+graph_encoder.safetensors (GCN encoder ``encoder.*`` and scorer ``scorer.*``) and graph_encoder.json
+(what is needed to rebuild them). ``export_weight_files`` lists the LM weight files either way.
 
-Consolidation is DeepSpeed's: ``engine.save_16bit_model`` gathers ZeRO-3 partitions layer by layer to
-rank 0 (presets set stage3_gather_16bit_weights_on_model_save) and is the plain module state dict at
-stages 0-2. Rank 0 then loads that state into a freshly built student on the host, which gives a
-normal transformers model to merge LoRA into and ``save_pretrained``. The exported dtype is
-model.dtype (bf16 training params are upcast exactly when model.dtype is float32).
+Streamed, so no process ever holds the whole model: the LM is walked a block at a time (each decoder
+layer; the embeddings, final norm and head) and each block's ZeRO-3 partitions are gathered with
+``deepspeed.zero.GatheredParameters`` (a no-op at stages 0-2, where every rank holds the weights).
+Rank 0 folds each LoRA adapter into its base weight (peft's ``get_delta_weight``, the update
+``merge_and_unload`` applies) and hands the block's tensors to the shard they belong to; the shard plan
+comes from ``huggingface_hub.split_torch_state_dict_into_shards`` on the tensors' shapes alone, before
+anything is gathered, and is filled in order, so rank 0 holds at most one shard plus one block. Tied
+weights (Llama's lm_head = embed_tokens) are written once, as ``save_pretrained`` does. The exported
+dtype is ``model.dtype`` (bf16 training params are upcast exactly when model.dtype is float32).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from magdi_dist.config import MAGDiConfig
 from magdi_dist.train.dist import barrier
 
 GRAPH_ENCODER_FORMAT = 1
+INDEX = "model.safetensors.index.json"
+
+
+def export_weight_files(export_dir: str | Path) -> list[Path]:
+    """The LM's safetensors files of an export (or any save_pretrained directory): one, or the shards."""
+    export_dir = Path(export_dir)
+    index = export_dir / INDEX
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [export_dir / n for n in names]
+    return [export_dir / "model.safetensors"]
 
 
 def _graph_encoder_config(student, cfg: MAGDiConfig) -> dict:
@@ -42,51 +61,144 @@ def _graph_encoder_config(student, cfg: MAGDiConfig) -> dict:
     }
 
 
-def write_export(student, cfg: MAGDiConfig, tokenizer, out_dir: Path) -> Path:
-    """Write the export of a host-side ``MAGDiStudent`` holding the trained weights."""
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix and name else prefix or name
+
+
+def _is_lora(module: nn.Module) -> bool:
+    from peft.tuners.lora import LoraLayer
+
+    return isinstance(module, LoraLayer)
+
+
+def _blocks(model: nn.Module) -> list[tuple[str, nn.Module, bool]]:
+    """(name prefix, module, whole subtree?) in state-dict order: every element of a ModuleList (the
+    decoder layers) and every LoRA-wrapped module is one block; any other module contributes its own
+    direct parameters (embeddings, final norm, head) as a block."""
+    out: list[tuple[str, nn.Module, bool]] = []
+
+    def walk(prefix: str, module: nn.Module) -> None:
+        if _is_lora(module):
+            out.append((prefix, module, True))
+            return
+        if any(True for _ in module.parameters(recurse=False)):
+            out.append((prefix, module, False))
+        for name, child in module.named_children():
+            if isinstance(child, nn.ModuleList):
+                out.extend((_join(prefix, f"{name}.{i}"), layer, True) for i, layer in enumerate(child))
+            else:
+                walk(_join(prefix, name), child)
+
+    walk("", model)
+    return out
+
+
+def _block_tensors(prefix: str, block: nn.Module, recurse: bool, seen: set[int], shapes_only: bool):
+    """(key, tensor or shape) of a block, LoRA merged. ``seen``: ids of parameters written already
+    (tied weights). With ``shapes_only`` the partitioned shapes are read and nothing is computed."""
+    lora = {name: m for name, m in block.named_modules() if _is_lora(m)} if recurse else {}
+    owned = tuple(f"{name}." if name else "" for name in lora)
+    for name, module in lora.items():
+        base = module.get_base_layer()
+        key = _join(prefix, _join(name, "weight"))
+        if shapes_only:
+            yield key, tuple(getattr(base.weight, "ds_shape", base.weight.shape))
+        else:
+            merged = base.weight.detach().clone()
+            for adapter in module.active_adapters:
+                merged += module.get_delta_weight(adapter).to(merged.dtype)
+            yield key, merged
+        if getattr(base, "bias", None) is not None:
+            yield _join(prefix, _join(name, "bias")), (
+                tuple(getattr(base.bias, "ds_shape", base.bias.shape)) if shapes_only else base.bias.detach())
+    for name, param in block.named_parameters(recurse=recurse, remove_duplicate=False):
+        if any(name.startswith(o) for o in owned if o) or (lora and "" in lora) or id(param) in seen:
+            continue
+        seen.add(id(param))
+        yield _join(prefix, name), (tuple(getattr(param, "ds_shape", param.shape)) if shapes_only
+                                    else param.detach())
+
+
+def _shard_plan(model: nn.Module, dtype: torch.dtype, max_shard_size: str | int):
+    from huggingface_hub import split_torch_state_dict_into_shards
+
+    seen: set[int] = set()
+    meta = {key: torch.empty(shape, dtype=dtype, device="meta")
+            for prefix, block, recurse in _blocks(model)
+            for key, shape in _block_tensors(prefix, block, recurse, seen, shapes_only=True)}
+    return split_torch_state_dict_into_shards(meta, max_shard_size=max_shard_size)
+
+
+def _gathered(params):
+    import deepspeed
+
+    # modifier_rank=None: read-only; on exit every rank drops the gathered copy and keeps its shard.
+    return deepspeed.zero.GatheredParameters(list(params), modifier_rank=None)
+
+
+def write_lm(lm: nn.Module, out_dir: Path, dtype: torch.dtype, max_shard_size: str | int, rank: int) -> list[str]:
+    """Collective: stream ``lm``'s merged weights into ``out_dir``; returns the files rank 0 wrote."""
     from safetensors.torch import save_file
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    lm = student.lm
-    if cfg.model.lora is not None:
-        lm = lm.merge_and_unload()  # W + BA folded in: a plain transformers model again
-    lm.config.use_cache = True  # training turned the KV cache off; generation wants it
-    lm.save_pretrained(str(out_dir), safe_serialization=True)
-    tokenizer.save_pretrained(str(out_dir))
-    graph = {f"encoder.{k}": v for k, v in student.encoder.state_dict().items()}
-    graph.update({f"scorer.{k}": v for k, v in student.scorer.state_dict().items()})
-    save_file({k: v.detach().contiguous().cpu() for k, v in graph.items()},
-              str(out_dir / "graph_encoder.safetensors"))
-    (out_dir / "graph_encoder.json").write_text(json.dumps(_graph_encoder_config(student, cfg), indent=2))
-    return out_dir
+    from magdi_dist.model import unwrap_lm
+
+    model = unwrap_lm(lm)
+    plan = _shard_plan(model, dtype, max_shard_size)
+    left = {name: set(keys) for name, keys in plan.filename_to_tensors.items()}
+    pending: dict[str, dict[str, torch.Tensor]] = {name: {} for name in left}
+    written, seen = [], set()
+    for prefix, block, recurse in _blocks(model):
+        with _gathered(block.parameters(recurse=recurse)):
+            if rank != 0:
+                continue  # the gather is collective; only rank 0 merges and writes
+            for key, tensor in _block_tensors(prefix, block, recurse, seen, shapes_only=False):
+                name = plan.tensor_to_filename[key]
+                pending[name][key] = tensor.to(dtype=dtype, copy=True).contiguous()
+                left[name].discard(key)
+                if not left[name]:  # shard complete: write it and let it go
+                    save_file(pending.pop(name), str(out_dir / name), metadata={"format": "pt"})
+                    written.append(name)
+    if rank == 0:
+        if pending or any(left.values()):
+            raise RuntimeError(f"export: tensors planned but never produced: {sorted(set().union(*left.values()))}")
+        if plan.is_sharded:
+            index = {"metadata": plan.metadata, "weight_map": plan.tensor_to_filename}
+            (out_dir / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        config = copy.deepcopy(model.config)
+        config.use_cache = True  # training turned the KV cache off; generation wants it
+        config.architectures = [type(model).__name__]
+        config.dtype = dtype
+        config.save_pretrained(str(out_dir))
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(str(out_dir))
+    return written
 
 
 def export(engine, cfg: MAGDiConfig, tokenizer, out_dir: Path, rank: int) -> Path:
-    """Collective: every rank must call it (ZeRO-3 consolidation gathers from all ranks)."""
-    from magdi_dist.model import MAGDiStudent, unwrap_lm
+    """Collective: every rank must call it (ZeRO-3 gathers involve all ranks)."""
+    from safetensors.torch import save_file
 
-    tmp = out_dir / ".consolidated"
-    if rank == 0 and out_dir.exists():
-        shutil.rmtree(out_dir)
-    barrier()
-    if not engine.save_16bit_model(str(tmp), "state.bin"):
-        raise RuntimeError("DeepSpeed did not consolidate the weights (stage3_gather_16bit_weights_on_model_save)")
-    barrier()
+    from magdi_dist.model.build import DTYPES
+
+    student = engine.module
     if rank == 0:
-        state = torch.load(tmp / "state.bin", map_location="cpu", weights_only=True)
-        # Gradient checkpointing is a training-time setting; the fresh student only holds weights.
-        # The GCN's input width is the frozen features' (model.feature_model may differ from the LM).
-        first = next(v for k, v in state.items() if k.startswith("encoder.convs.0.") and v.ndim == 2)
-        student = MAGDiStudent(cfg.model.model_copy(update={"gradient_checkpointing": False}),
-                               tokenizer=tokenizer, feature_dim=int(first.shape[1]))
-        missing, unexpected = student.load_state_dict(state, strict=False)
-        # Tied embeddings may appear under one name only; anything else missing is a real error.
-        is_tied = getattr(unwrap_lm(student.lm).config, "tie_word_embeddings", False)
-        tied = {k for k in missing if k.endswith("lm_head.weight")} if is_tied else set()
-        if set(missing) - tied or unexpected:
-            raise RuntimeError(f"export: state dict mismatch: missing={missing} unexpected={unexpected}")
-        student.eval()
-        write_export(student, cfg, tokenizer, out_dir)
-        shutil.rmtree(tmp, ignore_errors=True)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        out_dir.mkdir(parents=True)
+    barrier()
+    was_training = student.training
+    student.eval()
+    with torch.no_grad():
+        write_lm(student.lm, out_dir, DTYPES[cfg.model.dtype], cfg.train.export_max_shard_size, rank)
+        graph_modules = {"encoder": student.encoder, "scorer": student.scorer}
+        with _gathered(p for m in graph_modules.values() for p in m.parameters()):
+            if rank == 0:
+                graph = {f"{name}.{k}": v.detach().to(DTYPES[cfg.model.dtype], copy=True).contiguous()
+                         for name, m in graph_modules.items() for k, v in m.state_dict().items()}
+                save_file(graph, str(out_dir / "graph_encoder.safetensors"))
+    if rank == 0:
+        (out_dir / "graph_encoder.json").write_text(json.dumps(_graph_encoder_config(student, cfg), indent=2))
+        tokenizer.save_pretrained(str(out_dir))
+    student.train(was_training)
     barrier()
     return out_dir

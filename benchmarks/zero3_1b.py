@@ -1,0 +1,175 @@
+"""A ~1B-parameter Llama-shaped student trained under ZeRO-3 on 2 CPU ranks, on a 24 GiB machine where
+its ZeRO-0 model states (16 bytes/parameter/rank in fp32 with Adam, ~2 x 14 GB) cannot fit.
+
+    python -m benchmarks.zero3_1b [--steps 2] [--max-len 64] [--modes zero_init,plain] [--json OUT]
+
+Per mode, a real 2-process torchrun (gloo) builds the student (``zero_init``: partitioned under
+``deepspeed.zero.Init``, model/zero_init.py; ``plain``: a full copy per rank, partitioned by
+``deepspeed.initialize``), creates the ZeRO-3 engine, trains ``--steps`` steps (fp32, micro-batch 1)
+and, in the zero_init mode, writes the streamed sharded export. Each rank reports its peak resident
+memory (VmHWM, reset through /proc/self/clear_refs at the start of each phase) for construction,
+engine set-up and the steps, and each step's wall time. Next to it: ``magdi-dist plan``'s figures
+(launch/plan.py) for this config on this machine.
+
+Random init (``model.base`` is a config dict: hidden 2048, 16 layers, 32 heads, intermediate 5632,
+vocab 32000, tied embeddings: TinyLlama-1.1B's shape with full multi-head attention). Frozen graph
+features come from ``tiny-1m`` (``model.feature_model``): this measures training, not feature
+extraction, which would hold a full replica of the base in a preprocess actor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = {"hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 32, "intermediate_size": 5632,
+        "vocab_size": 32000}
+
+
+def config_tree(out_dir: Path, max_len: int, steps: int) -> dict:
+    return {
+        "model": {"base": BASE, "feature_model": "tiny-1m", "gcn_hidden": 64},
+        "data": {"synthetic": {"n": 16}, "max_len": max_len, "vocab_size": 512, "eval_fraction": 0.0},
+        "train": {"deepspeed": "zero3", "precision": "fp32", "micro_batch_size": 1, "max_steps": steps,
+                  "warmup_steps": 1, "output_dir": str(out_dir), "progress": False, "skip_memory_check": True,
+                  "export_max_shard_size": "1GB"},
+    }
+
+
+def _kib(field: str) -> int:
+    return int(re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
+
+
+def _reset_peak() -> int:
+    import gc
+
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")
+    return _kib("VmRSS")
+
+
+def worker(mode: str, config: str, steps: int, out_json: Path) -> None:
+    """One rank: build, initialize, train ``steps`` steps, export; a JSON of phases per rank."""
+    import deepspeed
+    import torch
+    from transformers import AutoTokenizer
+
+    from magdi_dist.config import load_config
+    from magdi_dist.data.shards import load_train_data
+    from magdi_dist.model import MAGDiStudent
+    from magdi_dist.model.build import lm_hidden_size
+    from magdi_dist.preprocess.prepare import shards_dir
+    from magdi_dist.train.dist import init_distributed
+    from magdi_dist.train.engine import engine_config, initialize
+    from magdi_dist.train.export import export, export_weight_files
+    from magdi_dist.train.loop import _collate
+
+    cfg = load_config(config)
+    info = init_distributed()
+    deepspeed.init_distributed(dist_backend="gloo")
+    data = load_train_data(shards_dir(cfg))
+    tok = AutoTokenizer.from_pretrained(data.tokenizer)
+    ds_config, _ = engine_config(cfg, info.world_size, "cpu", lm_hidden_size(cfg.model.base, tokenizer=tok))
+    phases: dict[str, dict] = {}
+
+    def phase(name: str, before: int, t0: float) -> None:
+        phases[name] = {"rss_before_gib": before / 2**20, "peak_gib": _kib("VmHWM") / 2**20,
+                        "growth_gib": (_kib("VmHWM") - before) / 2**20, "seconds": time.perf_counter() - t0}
+
+    before, t0 = _reset_peak(), time.perf_counter()
+    student = MAGDiStudent(cfg.model, tokenizer=tok, feature_dim=data.feature_dim,
+                           ds_config=ds_config if mode == "zero_init" else None)
+    phase("construction", before, t0)
+    before, t0 = _reset_peak(), time.perf_counter()
+    engine, _ = initialize(student, cfg, info.world_size, "cpu", steps, ds_config)
+    phase("initialize", before, t0)
+    before, t0 = _reset_peak(), time.perf_counter()
+    step_s, losses = [], []
+    engine.train()
+    for i in range(steps):
+        rows = [data.train[(i * info.world_size + info.rank) % len(data.train)]]
+        t = time.perf_counter()
+        out = engine(_collate(cfg, rows, tok.pad_token_id or 0, 0, info.device))
+        engine.backward(out["loss"])
+        engine.step()
+        losses.append(float(out["loss"]))
+        step_s.append(time.perf_counter() - t)
+    phase("steps", before, t0)
+    result = {"mode": mode, "rank": info.rank, "phases": phases, "step_seconds": step_s, "losses": losses,
+              "rows_tokens": int(out["num_tokens"])}
+    if mode == "zero_init":
+        before, t0 = _reset_peak(), time.perf_counter()
+        export_dir = export(engine, cfg, tok, Path(cfg.train.output_dir) / "export", info.rank)
+        phase("export", before, t0)
+        result["export_files"] = [p.name for p in export_weight_files(export_dir)]
+    out_json.write_text(json.dumps(result))
+    torch.distributed.barrier()
+
+
+def run(steps: int, max_len: int, modes: list[str], base: dict | None = None) -> dict:
+    from magdi_dist.config import load_config
+    from magdi_dist.launch.plan import plan, this_machine
+    from magdi_dist.preprocess.prepare import prepare_data
+
+    if base:
+        BASE.update(base)
+    import yaml
+
+    work = Path(tempfile.mkdtemp(prefix="zero3_1b_"))
+    config = work / "config.yaml"
+    config.write_text(yaml.safe_dump(config_tree(work / "run", max_len, steps)))
+    cfg = load_config(config)
+    prepare_data(cfg, engine="local", log=lambda _m: None)  # before the ranks start: they only read it
+    prediction = plan(cfg, this_machine(2))
+    report = {"date": time.strftime("%Y-%m-%d"), "config": config_tree(work / "run", max_len, steps),
+              "plan": {k: prediction[k] for k in ("params", "largest_layer_params", "activation_bytes")}
+              | {"presets": {n: prediction["presets"][n] for n in ("zero0", "zero3")}}, "modes": {}}
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    for mode in modes:
+        outs = [work / f"{mode}_rank{r}.json" for r in (0, 1)]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+               "benchmarks.zero3_1b", "--worker", mode, "--config", str(config), "--steps", str(steps),
+               "--out", str(work / f"{mode}_rank{{rank}}.json")]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            report["modes"][mode] = {"error": proc.stderr[-3000:]}
+            continue
+        report["modes"][mode] = {"wall_s": time.perf_counter() - t0,
+                                 "ranks": [json.loads(p.read_text()) for p in outs]}
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.zero3_1b")
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--max-len", type=int, default=64)
+    parser.add_argument("--modes", default="zero_init,plain")
+    parser.add_argument("--base", default=None, help="JSON overrides of the base config (a smaller smoke run)")
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--config", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker(args.worker, args.config, args.steps, Path(args.out.format(rank=os.environ["RANK"])))
+        return 0
+    report = run(args.steps, args.max_len, args.modes.split(","), json.loads(args.base) if args.base else None)
+    text = json.dumps(report, indent=2)
+    if args.json:
+        Path(args.json).write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
