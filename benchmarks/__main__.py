@@ -1,6 +1,13 @@
 """``python -m benchmarks`` (or ``magdi-dist bench``): run every figure, write benchmarks/results/*.json
 and the generated table in docs/benchmarks.md. ``--quick`` is the smoke-test size (tiny-1m only, one
-repetition): it exercises every code path in about a minute but its numbers mean nothing.
+repetition): it exercises the code paths quickly but its numbers mean nothing. In ``--quick`` the peer
+figure runs only when named (``--quick --only peers``: a tiny Llama in place of SmolLM2, still four
+processes importing DeepSpeed and TRL, about a minute on its own), and the preprocessing figure skips
+the real student (SmolLM2 in every feature actor).
+
+``benchmarks/results/summary.json`` is the source of truth: one entry per goal (value, goal, met, date,
+commit). A run of some figures (``--only``) replaces their entries and keeps the others' from the
+previous summary, each with the date and commit of the run that measured it.
 
 Figures run one after another in this process (the ZeRO one launches its own 2-process torchrun job);
 a figure that fails is recorded with its error and the others still run, so one broken figure never
@@ -19,75 +26,51 @@ import time
 import traceback
 from pathlib import Path
 
-FIGURES = ("padding", "step_overhead", "mfu", "data_path", "checkpoint", "zero_memory", "preprocessing")
+FIGURES = ("padding", "step_overhead", "mfu", "data_path", "checkpoint", "zero_memory", "preprocessing", "peers")
 MODULES = {"checkpoint": "checkpoint_bench"}
 
 
-def _preprocessing(settings, results_dir: Path, docs: Path | None) -> dict:
-    """Another engineer's benchmarks/preprocess_bench.py (Ray workers vs one process, cost per MAG at
-    1k..8k MAGs), if present: called through its ``main(argv)``, with its JSON and its "Preprocessing"
-    docs section redirected to this run's results dir / docs file (the smoke test must not overwrite
-    the real ones). Its figures are summarised here for the table."""
-    if importlib.util.find_spec("benchmarks.preprocess_bench") is None:
-        return {"figure": "preprocessing", "error": "benchmarks/preprocess_bench.py not present", "absent": True}
-    mod = importlib.import_module("benchmarks.preprocess_bench")
-    mod.RESULTS_DIR = results_dir
-    mod.DOCS = docs if docs is not None else settings.workdir / "preprocess_docs.md"
-    argv = ["--workdir", str(settings.workdir / "preprocess")]
+def _preprocessing(settings, results_dir: Path) -> dict:
+    """benchmarks/preprocess_bench.py (pipeline: single process vs Ray with 1 and 2 actors, repeated;
+    the real student's frozen-feature cost), through its ``main(argv)``, raw runs in results_dir."""
+    from benchmarks.preprocess_bench import main as preprocess_main
+
+    argv = ["--workdir", str(settings.workdir / "preprocess"), "--results-dir", str(results_dir)]
     if settings.quick:
-        argv += ["--sizes", "60"]
-    result = mod.main(argv)
-    return {"figure": "preprocessing", **summarise_preprocessing(result), "raw": "results/preprocess.json"}
+        argv += ["--sizes", "60", "120", "--reps", "1", "--real-sizes"]
+    result = preprocess_main(argv)
+    goal = result["goals"][0]
+    return {"figure": "preprocessing", "what": "preprocess_bench: single process vs Ray Data with 1 and 2 feature "
+            "actors, repeated; SmolLM2 frozen-feature cost per MAG", "value": goal["value"], "goal": goal["goal"],
+            "met": goal["met"], "goals": result["goals"], "pipeline": _strip(result["pipeline"]),
+            "real": _strip(result.get("real")), "raw": "results/preprocess.json"}
 
 
-def summarise_preprocessing(result: dict) -> dict:
-    """Speed-up of 2 Ray workers over 1 at the largest size (wall clock, start-up included) and the
-    flatness of the 2-worker cost per MAG across sizes, two ways: wall clock per MAG (includes the
-    fixed start-up, so it falls with size) and incremental (extra seconds / extra MAGs between
-    consecutive sizes: start-up cancels, what is left grows only if the pipeline scales worse than
-    linearly). Flatness = max / min - 1; the goal uses the incremental one."""
-    runs = result["runs"]
-    by = {(r["engine"], r["workers"], r["n_mags"]): r for r in runs}
-    sizes = sorted({r["n_mags"] for r in runs})
-    top = sizes[-1]
-    speedup = by[("ray", 1, top)]["seconds"] / by[("ray", 2, top)]["seconds"]
-    vs_local = by[("local", 1, top)]["seconds"] / by[("ray", 2, top)]["seconds"]
-    cost = [by[("ray", 2, n)]["ms_per_mag"] for n in sizes]
-    flat_wall = max(cost) / min(cost) - 1
-    secs = [by[("ray", 2, n)]["seconds"] for n in sizes]
-    incr = [1000 * (secs[i + 1] - secs[i]) / (sizes[i + 1] - sizes[i]) for i in range(len(sizes) - 1)]
-    flat = max(incr) / min(incr) - 1 if incr and min(incr) > 0 else (float("nan") if incr else 0.0)
-    fits = result.get("fits", {})
-    marginal = None
-    if fits.get("ray x1", {}).get("per_mag_ms") and fits.get("ray x2", {}).get("per_mag_ms"):
-        marginal = fits["ray x1"]["per_mag_ms"] / fits["ray x2"]["per_mag_ms"]
-    return {
-        "what": "preprocess_bench: 2 Ray workers vs 1 at the largest size (wall clock), cost per MAG over sizes",
-        "goal": ">= 1.6x and cost per MAG flat within 15%",
-        "value": speedup,
-        "met": speedup >= 1.6 and flat <= 0.15,
-        "speedup_2_vs_1_ray": speedup,
-        "speedup_2_ray_vs_single_process": vs_local,
-        "marginal_speedup_from_fit": marginal,
-        "sizes": sizes,
-        "ray2_ms_per_mag": cost,
-        "ray2_incremental_ms_per_mag": incr,
-        "flatness": flat,
-        "flatness_wall_clock": flat_wall,
-        "fits": fits,
-        "summary": {"2 vs 1 workers": round(speedup, 2), "2 workers vs single process": round(vs_local, 2),
-                    "marginal 2 vs 1 (fit)": round(marginal, 2) if marginal else None,
-                    "ms/MAG by size (2 workers)": dict(zip(sizes, cost, strict=True)),
-                    "incremental ms/MAG (2 workers)": [round(x, 2) for x in incr],
-                    "flatness incremental": round(flat, 3), "flatness wall clock": round(flat_wall, 3)},
-    }
+def _strip(part: dict | None) -> dict | None:
+    return None if part is None else {k: v for k, v in part.items() if k != "runs"}
 
 
-def run_figure(name: str, settings, results_dir: Path, docs: Path | None) -> dict:
+def run_figure(name: str, settings, results_dir: Path) -> dict:
     if name == "preprocessing":
-        return _preprocessing(settings, results_dir, docs)
+        return _preprocessing(settings, results_dir)
     mod = importlib.import_module(f"benchmarks.{MODULES.get(name, name)}")
     return mod.run(settings)
+
+
+def merge_rows(path: Path, figures: dict, rows: list[dict], summary: dict) -> list[dict]:
+    """This run's goal entries, plus the previous summary's entries (and figure JSON) of the figures
+    not run now, in FIGURES order. Mutates ``summary["figures"]`` to hold every figure shown."""
+    prev = json.loads(path.read_text()) if path.is_file() else {}
+    old_machine = prev.get("machine", {})
+    kept = [r for r in prev.get("table", []) if r.get("figure") not in figures]
+    for r in kept:  # entries written before entries carried their own date and commit
+        r.setdefault("date", old_machine.get("date", "?"))
+        r.setdefault("commit", old_machine.get("git_commit", "?"))
+    for name, fig in prev.get("figures", {}).items():
+        if name not in figures and any(r.get("figure") == name for r in kept):
+            summary["figures"][name] = fig
+    order = {n: i for i, n in enumerate(FIGURES)}
+    return sorted(kept + rows, key=lambda r: order.get(r.get("figure"), len(order)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(quick=args.quick, threads=args.threads, workdir=workdir)
     results_dir = args.results_dir or RESULTS_DIR
     results_dir.mkdir(parents=True, exist_ok=True)
-    names = [n for n in FIGURES if not args.only or n in args.only]
+    names = list(args.only) if args.only else [n for n in FIGURES if not (args.quick and n == "peers")]
+    names = [n for n in FIGURES if n in names]
 
     t_start = time.perf_counter()
     machine = machine_info(settings)
@@ -122,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
         try:
-            fig = run_figure(name, settings, results_dir, None if args.no_docs else (args.docs or DOCS))
+            fig = run_figure(name, settings, results_dir)
         except Exception as err:  # noqa: BLE001 -- recorded, the other figures still run
             traceback.print_exc()
             fig = {"figure": name, "error": f"{type(err).__name__}: {err}"[:2000]}
@@ -145,7 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_end": list(os.getloadavg()),
         "figures": figures,
     }
-    summary["table"] = summary_rows(figures, None if args.save_baseline else baseline)
+    rows = summary_rows(figures, None if args.save_baseline else baseline, machine)
+    for row in rows:
+        row["loadavg_start"] = machine["loadavg_start"][0]
+    summary["table"] = merge_rows(results_dir / "summary.json", figures, rows, summary)
     (results_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     if args.save_baseline:
         baseline_path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")

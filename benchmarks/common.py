@@ -44,6 +44,7 @@ class Settings:
     threads: int = 1
     workdir: Path = field(default_factory=lambda: Path("/tmp/magdi_bench"))
     reps: int = 9  # interleaved repetitions per timed variant (small models; big ones use fewer)
+    peer_reps: int = 15  # steps per variant of the peer figure (SmolLM2-135M: seconds per step)
 
     @property
     def presets(self) -> list[str]:
@@ -108,7 +109,8 @@ def machine_info(settings: Settings) -> dict:
         "settings_threads": settings.threads,
         "loadavg_start": list(os.getloadavg()),
         "python": platform.python_version(),
-        "versions": {m: _version(m) for m in ("torch", "deepspeed", "transformers", "torch_geometric", "ray")},
+        "versions": {m: _version(m) for m in ("torch", "deepspeed", "transformers", "torch_geometric", "ray", "trl",
+                                              "peft")},
         "blas": "mkl" if torch.backends.mkl.is_available() else "other",
         "git_commit": _git("rev-parse", "--short", "HEAD"),
         "git_dirty": bool(_git("status", "--porcelain", "--", "magdi_dist")),

@@ -1,16 +1,22 @@
-"""Preprocessing throughput: MAGs per second of the Ray Data pipeline with 1 and 2 feature actors vs the
-plain single-process loop over the same steps (``engine="local"``: parse -> features -> rows -> Parquet,
-one shard after the other, in this process), at 1k, 2k, 4k and 8k synthetic MAGs.
+"""Preprocessing throughput, two parts, every point repeated (``--reps``, default 3) with medians and ranges:
 
-    python -m benchmarks.preprocess_bench [--sizes 1000 2000 4000 8000] [--model micro|tiny-1m]
+1. *Pipeline*: synthetic 3x3 MAGs at 1k, 2k and 4k MAGs, a micro feature model (so the pipeline's own
+   costs stay visible: parse, rows, Parquet, Ray Data), three variants: the single-process loop
+   (``engine="local"``), Ray Data with 1 feature actor and with 2.
+2. *Real student*: the frozen-feature cost of SmolLM2-135M-Instruct (configs/smollm2_gsm8k.yaml: its
+   chat template, max_len 512, feature_batch_size 8, one thread per actor) over the real GSM8K teacher
+   discussions (the first N MAGs of the config's files), per MAG, single process and Ray with 1 and 2
+   actors. Two MAGs per shard, so two actors have shards to share.
 
-Each run starts from an empty output directory (all work done), so its wall time includes what a
-user pays: hashing, fingerprinting the model, Ray Data's actor start-up and the Parquet writes. Runs
-alternate between variants (ABC at one size, CBA at the next) because the machine is a shared, noisy
-2-core VM; a linear fit ``seconds = fixed + per_mag * n`` per variant separates start-up cost from the
-marginal cost per MAG. Also timed: a re-run with nothing to do. Results go to
-``benchmarks/results/preprocess.json`` and the "Preprocessing" section of ``docs/benchmarks.md``.
-Not a test: nothing here asserts.
+    python -m benchmarks.preprocess_bench [--sizes 1000 2000 4000] [--real-sizes 4 8] [--reps 3]
+
+Each run starts from an empty output directory (all work done), so its wall time is what a user pays:
+hashing, fingerprinting, Ray Data's actor start-up (each actor imports torch and loads the model), the
+features and the Parquet writes. Within a repetition the variants alternate ABC at one size and CBA at
+the next. Start-up and marginal cost are separated by a fit ``seconds = fixed + per_mag * MAGs`` over the
+sizes of each repetition; the figures are the medians of the per-repetition fits (range next to them),
+and a speed-up is the median of per-repetition ratios. Results: ``results/preprocess.json`` (raw runs)
+and the preprocessing figure of ``python -m benchmarks`` (tables generated into docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -24,16 +30,15 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import DOCS, RESULTS_DIR, Settings, machine_info, set_threads, tokenizer
+from benchmarks.common import RESULTS_DIR, ROOT, Settings, machine_info, median, set_threads, tokenizer
 
 MAGS_PER_FILE = 500  # the unit of work is a file: inputs arrive as several files, as teacher dumps do
 RECORDS_PER_SHARD = 250
-MODELS = {
-    # A 1-layer, 32-wide Llama: the pipeline's own overheads stay visible next to the features.
-    "micro": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64},
-    "tiny-1m": "tiny-1m",  # configs/tiny.yaml's student: features dominate
-}
+REAL_RECORDS_PER_SHARD = 2
+MICRO = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}
+REAL_CONFIG = ROOT / "configs" / "smollm2_gsm8k.yaml"
 VARIANTS = (("local", 1), ("ray", 1), ("ray", 2))
+SPEEDUP_GOAL = 1.6
 
 
 def write_inputs(root: Path, n: int) -> Path:
@@ -48,104 +53,155 @@ def write_inputs(root: Path, n: int) -> Path:
     return d
 
 
-def one_run(root: Path, inputs: Path, spec, engine: str, workers: int) -> dict:
+def one_run(root: Path, inputs: str, spec, engine: str, workers: int, **pre) -> dict:
+    """One preprocessing run from an empty output directory, then a re-run that must find nothing to do."""
     from magdi_dist.config import PreprocessConfig
     from magdi_dist.preprocess.pipeline import run_preprocess
 
     out = root / "out"
     shutil.rmtree(out, ignore_errors=True)
-    cfg = PreprocessConfig(inputs=[str(inputs / "*.jsonl")], out_dir=str(out), records_per_shard=RECORDS_PER_SHARD,
-                           concurrency=workers)
+    reader = {k: pre.pop(k) for k in ("format", "task", "clean_patterns") if k in pre}
+    cfg = PreprocessConfig(inputs=[inputs], out_dir=str(out), concurrency=workers, **pre)
     t0 = time.perf_counter()
-    report = run_preprocess(cfg, spec, engine=engine, log=lambda _m: None)
+    report = run_preprocess(cfg, spec, engine=engine, log=lambda _m: None, **reader)
     seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
-    rerun = run_preprocess(cfg, spec, engine=engine, log=lambda _m: None)
+    rerun = run_preprocess(cfg, spec, engine=engine, log=lambda _m: None, **reader)
     rerun_s = time.perf_counter() - t0
     assert not rerun.processed, "the re-run must find everything done"
     n = report.totals["mags"]
-    return {"engine": engine, "workers": workers, "n_mags": n, "seconds": round(seconds, 2),
-            "mags_per_s": round(n / seconds, 1), "ms_per_mag": round(1000 * seconds / n, 2),
-            "rows": report.totals["rows"], "shards": report.totals["shards"], "rerun_seconds": round(rerun_s, 2)}
+    return {"engine": engine, "workers": workers, "n_mags": n, "seconds": seconds, "ms_per_mag": 1000 * seconds / n,
+            "rows": report.totals["rows"], "shards": report.totals["shards"], "rerun_seconds": rerun_s}
+
+
+def sweep(root: Path, sizes: list[int], reps: int, inputs_of, spec, **pre) -> list[dict]:
+    runs = []
+    k = 0
+    for rep in range(reps):
+        for n in sizes:
+            for engine, workers in VARIANTS if k % 2 == 0 else reversed(VARIANTS):
+                run = {"rep": rep, **one_run(root, inputs_of(n), spec, engine, workers, **dict(pre))}
+                print(json.dumps(run), flush=True)
+                runs.append(run)
+            k += 1
+    return runs
 
 
 def fit(runs: list[dict]) -> dict:
-    """seconds = fixed + per_mag * n, least squares over one variant's sizes."""
+    """seconds = fixed + per_mag * n, least squares over one variant's sizes in one repetition."""
     n = np.array([r["n_mags"] for r in runs], dtype=float)
     s = np.array([r["seconds"] for r in runs], dtype=float)
     if len(set(n.tolist())) < 2:
         return {}
     per_mag, fixed = np.polyfit(n, s, 1)
-    return {"fixed_s": round(float(fixed), 2), "per_mag_ms": round(1000 * float(per_mag), 3),
-            "marginal_mags_per_s": round(1 / float(per_mag), 1) if per_mag > 0 else None}
+    return {"fixed_s": float(fixed), "per_mag_ms": 1000 * float(per_mag)}
 
 
-def table(result: dict) -> str:
-    by = {(r["engine"], r["workers"], r["n_mags"]): r for r in result["runs"]}
-    sizes = sorted({r["n_mags"] for r in result["runs"]})
-    head = "| MAGs | single process | Ray, 1 actor | Ray, 2 actors | 2 actors / single |\n|---:|---:|---:|---:|---:|\n"
-    lines = []
-    for n in sizes:
-        cells = [by.get((e, w, n)) for e, w in VARIANTS]
-        fmt = [f"{c['mags_per_s']:.0f} MAG/s ({c['seconds']:.0f} s)" if c else "-" for c in cells]
-        ratio = f"{cells[2]['mags_per_s'] / cells[0]['mags_per_s']:.2f}x" if cells[0] and cells[2] else "-"
-        lines.append(f"| {n} | {' | '.join(fmt)} | {ratio} |")
-    fits = "\n".join(
-        f"| {name} | {f.get('fixed_s', '-')} s | {f.get('per_mag_ms', '-')} ms | {f.get('marginal_mags_per_s', '-')} |"
-        for name, f in result["fits"].items()
-    )
-    m = result["machine"]
-    return (
-        "## Preprocessing\n\n"
-        f"`python -m benchmarks.preprocess_bench` ({result['model_name']} feature model, {m['cores']} cores "
-        f"{m['cpu_model']}, load average {m['loadavg_start'][0]:.1f} at start, {m['date']}). Synthetic 3x3 "
-        f"MAGs in files of {MAGS_PER_FILE}, {RECORDS_PER_SHARD} MAGs per shard; every run from an empty "
-        "output directory, wall time including hashing, model fingerprinting, actor start-up and Parquet "
-        "writes. Raw numbers: `benchmarks/results/preprocess.json`.\n\n" + head + "\n".join(lines)
-        + "\n\nCost per MAG, from a fit `seconds = fixed + per_mag * MAGs` over the sizes above:\n\n"
-        "| variant | fixed (start-up) | per MAG | marginal MAG/s |\n|---|---:|---:|---:|\n" + fits
-        + f"\n\nA re-run with nothing to do (inputs hashed, no parsing, no Ray work) took "
-        f"{max(r['rerun_seconds'] for r in result['runs']):.1f} s at most.\n\n" + result["reading"] + "\n"
-    )
+def _stat(xs: list[float]) -> dict:
+    return {"median": median(xs), "min": min(xs), "max": max(xs), "n": len(xs)} if xs else {}
 
 
-def update_docs(section: str) -> None:
-    """Replace (or append) the "## Preprocessing" section of docs/benchmarks.md; other sections stay."""
-    text = DOCS.read_text() if DOCS.is_file() else "# Benchmarks\n"
-    start = text.find("## Preprocessing")
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + (text[end + 1 :] if end >= 0 else "")
-    DOCS.parent.mkdir(parents=True, exist_ok=True)
-    DOCS.write_text(text)
+def summarise(runs: list[dict]) -> dict:
+    """Per variant and size: seconds and ms/MAG (median, range); per variant: the per-repetition fits;
+    speed-ups as medians of per-repetition ratios."""
+    key = lambda e, w: f"{e} x{w}"  # noqa: E731
+    sizes = sorted({r["n_mags"] for r in runs})
+    reps = sorted({r["rep"] for r in runs})
+    sel = {(r["engine"], r["workers"], r["n_mags"], r["rep"]): r for r in runs}
+    points = {key(e, w): {str(n): {"seconds": _stat([sel[(e, w, n, i)]["seconds"] for i in reps
+                                                     if (e, w, n, i) in sel]),
+                                   "ms_per_mag": _stat([sel[(e, w, n, i)]["ms_per_mag"] for i in reps
+                                                        if (e, w, n, i) in sel])}
+                          for n in sizes} for e, w in VARIANTS}
+    fits = {key(e, w): [fit([r for r in runs if (r["engine"], r["workers"], r["rep"]) == (e, w, i)]) for i in reps]
+            for e, w in VARIANTS}
+    out = {"sizes": sizes, "reps": len(reps), "points": points,
+           "fits": {v: {"fixed_s": _stat([f["fixed_s"] for f in fs if f]),
+                        "per_mag_ms": _stat([f["per_mag_ms"] for f in fs if f])} for v, fs in fits.items()},
+           "rerun_s_max": max(r["rerun_seconds"] for r in runs)}
+    top = sizes[-1]
+
+    def marginal(num: str, den: str) -> dict:  # per-MAG cost(num) / cost(den), per repetition
+        return _stat([a["per_mag_ms"] / b["per_mag_ms"] for a, b in zip(fits[num], fits[den], strict=True)
+                      if a and b and b["per_mag_ms"] > 0])
+
+    def wall(num: tuple, den: tuple) -> dict:  # seconds(num) / seconds(den) at the largest size
+        return _stat([sel[(*num, top, i)]["seconds"] / sel[(*den, top, i)]["seconds"] for i in reps
+                      if (*num, top, i) in sel and (*den, top, i) in sel])
+
+    out["speedup"] = {
+        "marginal 2 vs 1 actors": marginal("ray x1", "ray x2"),
+        "marginal 2 actors vs single process": marginal("local x1", "ray x2"),
+        f"wall 2 vs 1 actors at {top}": wall(("ray", 1), ("ray", 2)),
+        f"wall 2 actors vs single process at {top}": wall(("local", 1), ("ray", 2)),
+    }
+    return out
 
 
-def reading(result: dict) -> str:
-    f = result["fits"]
-    local, one, two = f.get("local x1", {}), f.get("ray x1", {}), f.get("ray x2", {})
-    if not (local and one and two) or min(local["per_mag_ms"], one["per_mag_ms"], two["per_mag_ms"]) <= 0:
-        return ""
-    load = result["machine"]["loadavg_start"][0], result.get("loadavg_end", [float("nan")])[0]
-    return (
-        f"Reading: at the margin one Ray actor costs {one['per_mag_ms']} ms per MAG and two cost "
-        f"{two['per_mag_ms']} ms ({one['per_mag_ms'] / two['per_mag_ms']:.2f}x), against "
-        f"{local['per_mag_ms']} ms in one process ({local['per_mag_ms'] / two['per_mag_ms']:.2f}x for two "
-        f"actors); the Ray runs pay {one['fixed_s']}-{two['fixed_s']} s of start-up (Ray Data planning, "
-        "actors importing torch and loading the model) that the single process does not. Parsing runs "
-        "in its own tasks, overlapping the actor, which is where one actor gains on the single process. "
-        "A second actor needs a free core: this machine has two, shared with the parse tasks, the driver "
-        f"and other users' jobs (load average {load[0]:.1f} at start, {load[1]:.1f} at the end), so it "
-        "adds little here; shards are independent, so the actor stage scales with free cores or GPUs."
-    )
+def real_inputs(root: Path, n: int) -> tuple[str, object, dict]:
+    """(first-n-MAGs file of the real config's teacher files, its FeatureSpec, reader options)."""
+    from magdi_dist.config import load_config
+    from magdi_dist.preprocess.prepare import clean_patterns, resolve
+
+    cfg = load_config(REAL_CONFIG, [f"data.max_mags={n}", f"preprocess.out_dir={root / f'subset-{n}'}"])
+    pre, spec = resolve(cfg)  # writes the subset file once
+    return pre.inputs[0], spec, {"format": cfg.data.format, "task": cfg.data.task,
+                                 "clean_patterns": clean_patterns(cfg),
+                                 "feature_batch_size": cfg.preprocess.feature_batch_size,
+                                 "torch_threads": cfg.preprocess.torch_threads}
+
+
+def goals(synth: dict, real: dict | None) -> list[dict]:
+    g = synth["speedup"]["marginal 2 vs 1 actors"]
+    out = [{"id": "preprocessing_marginal_2v1", "label": "Preprocessing pipeline: marginal cost per MAG, 1 Ray "
+            "actor / 2 (median of per-repetition fits, micro feature model)", "value": g.get("median", float("nan")),
+            "goal": f">= {SPEEDUP_GOAL}x", "met": bool(g) and g["median"] >= SPEEDUP_GOAL}]
+    if real:
+        for (e, w) in VARIANTS:
+            f = real["fits"][f"{e} x{w}"]["per_mag_ms"]
+            out.append({"id": f"preprocessing_real_{e}{w}", "kind": "ms",
+                        "label": f"SmolLM2-135M frozen features, GSM8K MAGs: marginal ms per MAG, "
+                                 f"{'single process' if e == 'local' else f'Ray, {w} actor(s)'}",
+                        "value": f.get("median"), "goal": "report", "met": None})
+    return out
+
+
+def _fmt(s: dict, scale: float = 1.0, digits: int = 1) -> str:
+    if not s:
+        return "-"
+    return f"{s['median'] * scale:.{digits}f} ({s['min'] * scale:.{digits}f}-{s['max'] * scale:.{digits}f})"
+
+
+def markdown(fig: dict) -> list[str]:
+    """Tables of the preprocessing figure (generated into docs/benchmarks.md by benchmarks/report.py)."""
+    out = []
+    for part, title in (("pipeline", "Pipeline, synthetic MAGs, micro feature model"),
+                        ("real", "Real student: SmolLM2-135M frozen features over GSM8K MAGs")):
+        s = fig.get(part)
+        if not s:
+            continue
+        out += [f"{title} ({s['reps']} repetitions; wall seconds, median (range)):", "",
+                "| MAGs | single process | Ray, 1 actor | Ray, 2 actors |", "|---:|---:|---:|---:|"]
+        for n in s["sizes"]:
+            cells = [_fmt(s["points"][f"{e} x{w}"][str(n)]["seconds"]) for e, w in VARIANTS]
+            out.append(f"| {n} | {' | '.join(cells)} |")
+        out += ["", "| variant | start-up (fit) | marginal ms per MAG (fit) |", "|---|---:|---:|"]
+        for v, f in s["fits"].items():
+            digits = 2 if part == "pipeline" else 0
+            out.append(f"| {v} | {_fmt(f['fixed_s'])} s | {_fmt(f['per_mag_ms'], digits=digits)} |")
+        sp = "; ".join(f"{k}: {_fmt(v, digits=2)}x" for k, v in s["speedup"].items())
+        out += ["", f"Speed-ups (median of per-repetition ratios, range): {sp}. A re-run with nothing to do took "
+                f"{s['rerun_s_max']:.1f} s at most.", ""]
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 2000, 4000, 8000])
-    parser.add_argument("--model", choices=sorted(MODELS), default="micro")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 2000, 4000])
+    parser.add_argument("--real-sizes", type=int, nargs="*", default=[4, 8], help="[] skips the real student")
+    parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/magdi_bench_pre"))
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
 
     from magdi_dist.preprocess.featurize import FeatureSpec
@@ -154,27 +210,30 @@ def main(argv: list[str] | None = None) -> dict:
     settings = Settings(threads=1, workdir=args.workdir)
     set_threads(1)
     tokenizer(settings)  # configs/tiny.yaml's tokenizer kind (BPE, vocab 512), trained once
-    spec = FeatureSpec(tokenizer=str(args.workdir / "tokenizer"), model=MODELS[args.model],
-                       rows={"max_length": 256})
-    result: dict = {"machine": machine_info(settings), "model_name": args.model, "model": MODELS[args.model],
-                    "mags_per_file": MAGS_PER_FILE, "records_per_shard": RECORDS_PER_SHARD, "runs": []}
+    spec = FeatureSpec(tokenizer=str(args.workdir / "tokenizer"), model=MICRO, rows={"max_length": 256})
+    result: dict = {"machine": machine_info(settings), "mags_per_file": MAGS_PER_FILE,
+                    "records_per_shard": RECORDS_PER_SHARD, "real_records_per_shard": REAL_RECORDS_PER_SHARD}
     # One Ray for all Ray runs: 2 actors + parse tasks on 3 logical CPUs (2 physical cores).
     with ray_session(num_cpus=3, object_store_bytes=256 * 1024**2):
-        for i, n in enumerate(args.sizes):
-            inputs = write_inputs(args.workdir, n)
-            for engine, workers in VARIANTS if i % 2 == 0 else reversed(VARIANTS):
-                run = one_run(args.workdir, inputs, spec, engine, workers)
-                print(json.dumps(run), flush=True)
-                result["runs"].append(run)
+        t0 = time.perf_counter()
+        runs = sweep(args.workdir, args.sizes, args.reps, lambda n: str(write_inputs(args.workdir, n) / "*.jsonl"),
+                     spec, records_per_shard=RECORDS_PER_SHARD)
+        result["pipeline"] = {**summarise(runs), "runs": runs, "seconds": time.perf_counter() - t0}
+        real = None
+        if args.real_sizes:
+            t0 = time.perf_counter()
+            subsets = {n: real_inputs(args.workdir, n) for n in args.real_sizes}
+            real_spec, reader = subsets[args.real_sizes[0]][1], subsets[args.real_sizes[0]][2]
+            runs = sweep(args.workdir, args.real_sizes, args.reps, lambda n: subsets[n][0], real_spec,
+                         records_per_shard=REAL_RECORDS_PER_SHARD, **reader)
+            real = result["real"] = {**summarise(runs), "runs": runs, "seconds": time.perf_counter() - t0,
+                                     "config": str(REAL_CONFIG.relative_to(ROOT)),
+                                     "model": str(real_spec.model)}
     result["loadavg_end"] = list(os.getloadavg())
-    result["fits"] = {
-        f"{e} x{w}": fit([r for r in result["runs"] if (r["engine"], r["workers"]) == (e, w)]) for e, w in VARIANTS
-    }
-    result["reading"] = reading(result)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / "preprocess.json").write_text(json.dumps(result, indent=2) + "\n")
-    update_docs(table(result))
-    print(table(result))
+    result["goals"] = goals(result["pipeline"], real)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    (args.results_dir / "preprocess.json").write_text(json.dumps(result, indent=2) + "\n")
+    print("\n".join(markdown(result)))
     return result
 
 

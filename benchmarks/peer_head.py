@@ -1,0 +1,80 @@
+"""Where the peer figure's difference comes from: the output head + NTP loss alone, forward and backward,
+this project's way against TRL's, interleaved, CPU time, one thread:
+
+    python -m benchmarks.peer_head [--rows 2] [--tokens 300] [--prompt 100] [--reps 7]
+
+* ``project``: ``model/forward.py`` + ``model/losses.ntp_loss``: the head on every position of the
+  positive rows, full [rows, T, V] logits, ``F.cross_entropy``;
+* ``trl``: what ``SFTTrainer.compute_loss`` runs (TRL 1.16 ``add_fused_lm_head``): the chunked
+  log-prob kernel with ``("log_probs", "entropy", "is_top1")`` (entropy and top-1 feed its logged
+  metrics), on every position (off Triton devices it scores all positions, not only labelled ones),
+  logits recomputed in the backward instead of kept;
+* ``trl_logprob_only``: the same kernel asked for log-probs only (what its loss alone needs).
+
+SmolLM2-135M's head shape (d 576, V 49,152), frozen (tied embedding under LoRA), random values (the
+cost does not depend on them). Not part of ``python -m benchmarks``: it explains one of its figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from benchmarks.common import median, set_threads
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, default=2)
+    p.add_argument("--tokens", type=int, default=300)
+    p.add_argument("--prompt", type=int, default=100, help="leading positions without a label")
+    p.add_argument("--reps", type=int, default=7)
+    args = p.parse_args(argv)
+    set_threads(1)
+    import torch
+    from trl.kernels import ChunkedLogProbFunction
+    from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE
+
+    from magdi_dist.model.losses import ntp_loss
+
+    gen = torch.Generator().manual_seed(0)
+    B, T, d, V = args.rows, args.tokens, 576, 49152
+    weight = torch.randn(V, d, generator=gen) * 0.02
+    labels = torch.randint(0, V, (B, T), generator=gen)
+    labels[:, : args.prompt] = -100
+
+    def project() -> None:
+        h = torch.randn(B, T, d, requires_grad=True)
+        ntp_loss(torch.nn.functional.linear(h, weight), labels)[0].backward()
+
+    def chunked(outputs: tuple[str, ...]):
+        def step() -> None:
+            h = torch.randn(B, T, d, requires_grad=True)
+            lab = labels[:, 1:]
+            mask = lab != -100
+            out = ChunkedLogProbFunction.apply(h[:, :-1].reshape(-1, d), weight, None, lab.clamp(min=0).reshape(-1),
+                                               1.0, _CHUNKED_LOGPROB_CHUNK_SIZE, None, 1.0, outputs)
+            (-out[0].view(mask.shape).masked_fill(~mask, 0).sum() / mask.sum()).backward()
+        return step
+
+    variants = {"project": project, "trl": chunked(("log_probs", "entropy", "is_top1")),
+                "trl_logprob_only": chunked(("log_probs",))}
+    for f in variants.values():
+        f()
+    cpu: dict[str, list[float]] = {k: [] for k in variants}
+    for rep in range(args.reps):
+        for name in variants if rep % 2 == 0 else reversed(list(variants)):
+            t0 = time.process_time()
+            variants[name]()
+            cpu[name].append(time.process_time() - t0)
+    result = {"rows": B, "tokens": T, "cpu_s": {k: median(v) for k, v in cpu.items()},
+              "ratio_to_project": {k: median([a / b for a, b in zip(v, cpu["project"], strict=True)])
+                                   for k, v in cpu.items()},
+              "samples_cpu_s": cpu}
+    print(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
