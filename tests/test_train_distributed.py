@@ -101,6 +101,19 @@ def test_resume_matches_uninterrupted_run_bitwise(resumed, stage_runs):
     assert evals == [r for r in train_records(ref) if "eval_loss" in r] and len(evals) == 1
 
 
+def test_rerun_of_a_finished_run_reports_its_export_and_keeps_it(resumed, work):
+    # A study re-run resumes finished cells straight to evaluation: it needs the export's path, and the
+    # export must not be rewritten. A staging dir left by a rank killed mid-export is not taken for one.
+    _, cfg = work
+    weights = resumed / "export" / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    (resumed / "export.partial").mkdir()
+    proc = torchrun(cfg, "train.deepspeed=zero2", f"train.output_dir={resumed}", resume=True)
+    assert f"trained to step 6/6; export {resumed / 'export'}" in proc.stdout
+    assert weights.stat().st_mtime_ns == before
+    assert not any(r.get("step", 0) > 6 for r in train_records(resumed))
+
+
 def test_resume_refuses_a_different_config_or_world_size(resumed, work):
     _, cfg = work
     args = [f"train.output_dir={resumed}", "train.deepspeed=zero2"]

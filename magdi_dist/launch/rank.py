@@ -46,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     if info.is_main:
         prepare_data(cfg, engine="local")
     barrier()
-    train(cfg, load_train_data(shards_dir(cfg)), resume=args.resume)
+    result = train(cfg, load_train_data(shards_dir(cfg)), resume=args.resume)
+    if info.is_main:  # the line magdi-dist train prints for one rank
+        print(f"trained to step {result.step}/{result.total_steps}; export {result.export_dir}", flush=True)
     return 0
 
 

@@ -174,13 +174,21 @@ def write_lm(lm: nn.Module, out_dir: Path, dtype: torch.dtype, max_shard_size: s
     return written
 
 
+def staging_dir(out_dir: Path) -> Path:
+    """Where an export is written before it is renamed to ``out_dir``: an existing ``out_dir`` is whole."""
+    return out_dir.with_name(out_dir.name + ".partial")
+
+
 def export(engine, cfg: MAGDiConfig, tokenizer, out_dir: Path, rank: int) -> Path:
-    """Collective: every rank must call it (ZeRO-3 gathers involve all ranks)."""
+    """Collective: every rank must call it (ZeRO-3 gathers involve all ranks). Written into
+    ``staging_dir(out_dir)`` and renamed into place at the end, so a rank killed mid-export leaves no
+    half export that a resumed (already finished) run would take for a whole one."""
     from safetensors.torch import save_file
 
     from magdi_dist.model.build import DTYPES
 
     student = engine.module
+    final, out_dir = out_dir, staging_dir(out_dir)
     if rank == 0:
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -199,6 +207,9 @@ def export(engine, cfg: MAGDiConfig, tokenizer, out_dir: Path, rank: int) -> Pat
     if rank == 0:
         (out_dir / "graph_encoder.json").write_text(json.dumps(_graph_encoder_config(student, cfg), indent=2))
         tokenizer.save_pretrained(str(out_dir))
+        if final.exists():
+            shutil.rmtree(final)
+        out_dir.rename(final)
     student.train(was_training)
     barrier()
-    return out_dir
+    return final

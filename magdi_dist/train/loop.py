@@ -298,7 +298,9 @@ def train(cfg: MAGDiConfig, data: TrainData, *, resume: bool = True,
         save()
     else:
         result.checkpoint = checkpoint.latest_checkpoint(out)
-    if step == total_steps and t.export and not (finished_before and (out / "export").is_dir()):
+    if step == total_steps and t.export and finished_before and (out / "export").is_dir():
+        result.export_dir = out / "export"  # a re-run of a finished run: its export is whole (renamed last)
+    elif step == total_steps and t.export:
         t_export = time.perf_counter()
         result.export_dir = export(engine, cfg, tokenizer, out / "export", info.rank)
         log.info("exported to %s in %.1fs", result.export_dir, time.perf_counter() - t_export)
