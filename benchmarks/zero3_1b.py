@@ -1,11 +1,11 @@
 """A ~1B-parameter Llama-shaped student trained under ZeRO-3 on 2 CPU ranks, on a 24 GiB machine where
 its ZeRO-0 model states (16 bytes/parameter/rank in fp32 with Adam, ~2 x 14 GB) cannot fit.
 
-    python -m benchmarks.zero3_1b [--steps 2] [--max-len 64] [--modes zero_init,plain] [--json OUT]
+    python -m benchmarks.zero3_1b [--steps 2] [--max-len 64] [--modes zero_init,plain] [--precision bf16] [--json OUT]
 
 Per mode, a real 2-process torchrun (gloo) builds the student (``zero_init``: partitioned under
 ``deepspeed.zero.Init``, model/zero_init.py; ``plain``: a full copy per rank, partitioned by
-``deepspeed.initialize``), creates the ZeRO-3 engine, trains ``--steps`` steps (fp32, micro-batch 1)
+``deepspeed.initialize``), creates the ZeRO-3 engine, trains ``--steps`` steps (``--precision``, micro-batch 1)
 and, in the zero_init mode, writes the streamed sharded export. Each rank reports its peak resident
 memory (VmHWM, reset through /proc/self/clear_refs at the start of each phase) for construction,
 engine set-up and the steps, and each step's wall time. Next to it: ``magdi-dist plan``'s figures
@@ -34,11 +34,11 @@ BASE = {"hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 32,
         "vocab_size": 32000}
 
 
-def config_tree(out_dir: Path, max_len: int, steps: int) -> dict:
+def config_tree(out_dir: Path, max_len: int, steps: int, precision: str) -> dict:
     return {
         "model": {"base": BASE, "feature_model": "tiny-1m", "gcn_hidden": 64},
         "data": {"synthetic": {"n": 16}, "max_len": max_len, "vocab_size": 512, "eval_fraction": 0.0},
-        "train": {"deepspeed": "zero3", "precision": "fp32", "micro_batch_size": 1, "max_steps": steps,
+        "train": {"deepspeed": "zero3", "precision": precision, "micro_batch_size": 1, "max_steps": steps,
                   "warmup_steps": 1, "output_dir": str(out_dir), "progress": False, "skip_memory_check": True,
                   "export_max_shard_size": "1GB"},
     }
@@ -114,7 +114,7 @@ def worker(mode: str, config: str, steps: int, out_json: Path) -> None:
     torch.distributed.barrier()
 
 
-def run(steps: int, max_len: int, modes: list[str], base: dict | None = None) -> dict:
+def run(steps: int, max_len: int, modes: list[str], base: dict | None = None, precision: str = "bf16") -> dict:
     from magdi_dist.config import load_config
     from magdi_dist.launch.plan import plan, this_machine
     from magdi_dist.preprocess.prepare import prepare_data
@@ -125,11 +125,11 @@ def run(steps: int, max_len: int, modes: list[str], base: dict | None = None) ->
 
     work = Path(tempfile.mkdtemp(prefix="zero3_1b_"))
     config = work / "config.yaml"
-    config.write_text(yaml.safe_dump(config_tree(work / "run", max_len, steps)))
+    config.write_text(yaml.safe_dump(config_tree(work / "run", max_len, steps, precision)))
     cfg = load_config(config)
     prepare_data(cfg, engine="local", log=lambda _m: None)  # before the ranks start: they only read it
     prediction = plan(cfg, this_machine(2))
-    report = {"date": time.strftime("%Y-%m-%d"), "config": config_tree(work / "run", max_len, steps),
+    report = {"date": time.strftime("%Y-%m-%d"), "config": config_tree(work / "run", max_len, steps, precision),
               "plan": {k: prediction[k] for k in ("params", "largest_layer_params", "activation_bytes")}
               | {"presets": {n: prediction["presets"][n] for n in ("zero0", "zero3")}}, "modes": {}}
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
@@ -154,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--max-len", type=int, default=64)
     parser.add_argument("--modes", default="zero_init,plain")
+    # bf16 (DeepSpeed's bf16 mode: bf16 weights and gradients, fp32 master weights and Adam states) is
+    # what DeepSpeed's estimators and the plan assume; fp32 adds 4 bytes per parameter and rank, which a
+    # 0.9B student on 2 ranks does not have room for in 24 GiB.
+    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
     parser.add_argument("--base", default=None, help="JSON overrides of the base config (a smaller smoke run)")
     parser.add_argument("--json", default=None)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -163,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         worker(args.worker, args.config, args.steps, Path(args.out.format(rank=os.environ["RANK"])))
         return 0
-    report = run(args.steps, args.max_len, args.modes.split(","), json.loads(args.base) if args.base else None)
+    report = run(args.steps, args.max_len, args.modes.split(","), json.loads(args.base) if args.base else None,
+                 args.precision)
     text = json.dumps(report, indent=2)
     if args.json:
         Path(args.json).write_text(text)

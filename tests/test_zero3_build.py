@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -83,3 +84,23 @@ def test_zero3_build_has_the_plain_builds_weights(which, request):
     assert any("lora_A" in k for k in plain) and any(k.startswith("encoder.") for k in plain)
     for key in plain:
         assert torch.equal(plain[key], zero3[key]), key
+
+
+@pytest.mark.parametrize("lora", [None, "{r: 4, alpha: 8, target_modules: [q_proj, v_proj]}"])
+def test_bf16_student_built_under_zero_init_trains_in_bf16(tmp_path, lora):
+    """bf16 under ZeRO-3: zero.Init makes the LM's weights bf16, but the GCN, the scorer (partitioned
+    whole) and the LoRA adapters (added after the context) are built fp32 and must be cast as the engine
+    casts what it partitions: in full fine-tuning DeepSpeed's optimizer otherwise finds two dtypes in one
+    group and stops; with LoRA every trainable weight would silently stay fp32."""
+    from launchers import SMALL, losses, torchrun, write_config
+
+    out = tmp_path / "bf16"
+    extra = [f"model.lora={lora}"] if lora else []
+    torchrun(write_config(tmp_path / "small.yaml", SMALL), f"train.output_dir={out}", "train.deepspeed=zero3",
+             "train.precision=bf16", "train.max_steps=2", "train.save_every=2", *extra)
+    assert len(losses(out)) == 2 and all(np.isfinite(losses(out)))
+    # The saved partitions are the bf16 weights the ranks trained (fp32 masters live in the optimizer).
+    states = torch.load(next((out / "checkpoints").glob("step-*/zero_pp_rank_0_mp_rank_00_model_states.pt")),
+                        weights_only=False)
+    dtypes = {str(v.dtype) for k, v in states["module"].items() if "lora" in k or k.startswith(("encoder", "scorer"))}
+    assert dtypes == {"torch.bfloat16"}, dtypes

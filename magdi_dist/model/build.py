@@ -75,7 +75,7 @@ def load_lm(
     """
     from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
-    from magdi_dist.model.zero_init import hf_zero3, is_zero3, tiny_init
+    from magdi_dist.model.zero_init import cast_unpartitioned, hf_zero3, is_zero3, tiny_init
 
     torch_dtype = DTYPES[dtype]
     if is_tiny_spec(spec):
@@ -126,6 +126,7 @@ def load_lm(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + 2)
             lm = get_peft_model(lm, config)
+        cast_unpartitioned(lm, ds_config)
     return lm
 
 

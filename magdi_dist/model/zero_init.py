@@ -59,12 +59,40 @@ def partitioned(ds_config: dict | None):
     return deepspeed.zero.Init(**_init_kwargs(ds_config))
 
 
+def training_dtype(ds_config: dict) -> torch.dtype | None:
+    """The dtype DeepSpeed trains the module's weights in (its master copy stays fp32), None for fp32."""
+    if ds_config.get("bf16", {}).get("enabled"):
+        return torch.bfloat16
+    if ds_config.get("fp16", {}).get("enabled"):
+        return torch.float16
+    return None
+
+
 def partition_module(module: torch.nn.Module, ds_config: dict | None) -> torch.nn.Module:
-    """Partition an already-built (small) module now rather than at ``deepspeed.initialize``."""
+    """Partition an already-built (small) module now rather than at ``deepspeed.initialize``.
+
+    ``zero.Init(module=...)`` partitions the tensors as they are, in fp32; ``deepspeed.initialize``
+    casts only what it partitions itself. So the module is cast to the training dtype first, as the
+    engine would have cast it: otherwise a bf16 run's optimizer finds fp32 and bf16 partitions in one
+    group and stops (deepspeed's ``defragment`` asserts a single dtype)."""
     if is_zero3(ds_config):
         import deepspeed
 
+        dtype = training_dtype(ds_config)
+        if dtype is not None:
+            module.to(dtype)
         deepspeed.zero.Init(module=module, **_init_kwargs(ds_config))
+    return module
+
+
+def cast_unpartitioned(module: torch.nn.Module, ds_config: dict | None) -> torch.nn.Module:
+    """Cast the parameters built after zero.Init closed (LoRA adapters) to the training dtype, as the
+    engine casts a module it partitions itself: ``deepspeed.initialize`` partitions them as they are."""
+    dtype = training_dtype(ds_config) if is_zero3(ds_config) else None
+    if dtype is not None:
+        for param in module.parameters():
+            if not hasattr(param, "ds_id"):  # already partitioned ones carry their ZeRO-3 id
+                param.data = param.data.to(dtype)
     return module
 
 
