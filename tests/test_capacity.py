@@ -42,9 +42,10 @@ def flow(d: dict) -> str:
     # DeepSpeed's memory page, "2851M total params, 32M largest layer params", 1 node x 8 GPUs, cold:
     (Layout(2, offload_optimizer=True), 5.31, 127.45),  # ZeRO-2 offload_optimizer=cpu
     (Layout(1), 15.93, 127.45),  # its ZeRO-2 "none" row: 4 N + 16 N / GPUs, ZeRO-1's partitioning
-    (Layout(3), 6.09, 127.45),  # offload_param=none, offload_optimizer=none, zero_init=0
-    (Layout(3, offload_optimizer=True), 0.78, 127.45),
-    (Layout(3, offload_optimizer=True, offload_param=True), 0.12, 127.45),
+    # ZeRO-3 with zero_init=1: the trainer builds ZeRO-3 students under deepspeed.zero.Init.
+    (Layout(3), 6.09, 1.43),  # offload_param=none, offload_optimizer=none
+    (Layout(3, offload_optimizer=True), 0.78, 63.72),  # offload_param=none, offload_optimizer=cpu
+    (Layout(3, offload_optimizer=True, offload_param=True), 0.12, 71.69),  # both cpu
 ])
 def test_model_states_match_deepspeeds_documented_example(layout, device_gb, host_gb):
     dev, host = deepspeed_states(layout, int(2851e6), int(32e6), nodes=1, gpus_per_node=8)
@@ -130,9 +131,10 @@ def test_plan_json_reports_deepspeeds_figures_and_what_fits():
     presets = plan["presets"]
     assert presets["zero2"]["per_device_bytes"] == estimate_zero2_model_states_mem_needs(n, 8, 1, False)[1]
     assert presets["zero3"]["per_device_bytes"] == estimate_zero3_model_states_mem_needs(
-        n, big, 8, 1, cpu_offload=False, cpu_offload_params=False, zero_init=False)[1]
-    assert presets["zero3_offload"]["per_node_cpu_bytes"] == estimate_zero3_model_states_mem_needs(
-        n, big, 8, 1, cpu_offload=True, cpu_offload_params=True, zero_init=False)[0]
+        n, big, 8, 1, cpu_offload=False, cpu_offload_params=False, zero_init=True)[1]
+    for name, offload in (("zero3", False), ("zero3_offload", True)):
+        assert presets[name]["per_node_cpu_bytes"] == estimate_zero3_model_states_mem_needs(
+            n, big, 8, 1, cpu_offload=offload, cpu_offload_params=offload, zero_init=True)[0]
     # 20 bytes per parameter on every GPU is 135 GB: only partitioning fits 80 GiB.
     assert [k for k, p in presets.items() if p["fits"]] == plan["fitting"] == ["zero1", "zero2", "zero3",
                                                                                "zero3_offload"]
@@ -140,6 +142,8 @@ def test_plan_json_reports_deepspeeds_figures_and_what_fits():
 
 
 def test_lora_states_are_reported_next_to_deepspeeds():
+    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+
     args = ["plan", f"model.base={flow(LLAMA2_7B)}", "train.precision=bf16", "--gpus-per-node", "1",
             "--device-memory-gb", "40", "--json"]
     full = json.loads(CliRunner().invoke(app, args).stdout.strip().splitlines()[-1])
@@ -151,6 +155,13 @@ def test_lora_states_are_reported_next_to_deepspeeds():
     # frozen base (13.5 GB) plus states of ~24M trainable parameters.
     assert full["fitting"] == ["zero3_offload"]
     assert lora["presets"]["zero0"]["lora_per_device_bytes"] < 15 * GiB and "zero0" in lora["fitting"]
+    # Host: ZeRO-0/1/2 build the whole student on it either way; ZeRO-3 offload holds the trainable
+    # parameters' states (DeepSpeed's zero.Init figure for them) and the 16-bit frozen base.
+    t, n, big = lora["trainable_params"], lora["params"], lora["largest_layer_params"]
+    assert all(lora["presets"][k]["lora_per_node_cpu_bytes"] == lora["presets"][k]["per_node_cpu_bytes"]
+               for k in ("zero0", "zero1", "zero2", "zero3"))
+    assert lora["presets"]["zero3_offload"]["lora_per_node_cpu_bytes"] == estimate_zero3_model_states_mem_needs(
+        t, big, 1, 1, cpu_offload=True, cpu_offload_params=True, zero_init=True)[0] + 2 * (n - t)
 
 
 def test_skip_memory_check_never_changes_the_config_hash():

@@ -9,6 +9,10 @@ keeps fp32 weights and gradients instead; the figures are then off by up to 4 by
 either way (ZeRO-0 holds no master copy, ZeRO-1/2 hold fp32 weights and gradients): the plan says so
 rather than inventing a correction DeepSpeed does not make.
 
+ZeRO-3 is costed as this trainer builds it, under ``deepspeed.zero.Init`` (model/zero_init.py):
+DeepSpeed's ``zero_init=True`` figures, where no rank holds the whole student on its host. ZeRO-0/1/2
+students are built whole on every rank's host first: DeepSpeed's host figure for that build.
+
 Next to them, never mixed into DeepSpeed's figures: the LoRA model states (the estimators applied to
 the trainable parameters, plus the frozen 16-bit base), and the activations of one micro-batch. The
 fit decision adds the states the config trains (full or LoRA) and the activations.
@@ -109,15 +113,18 @@ def planned_hardware(nodes: int = 1, gpus_per_node: int | None = None, device_me
 
 def deepspeed_states(layout: Layout, params: int, largest: int, nodes: int, gpus_per_node: int) -> tuple[int, int]:
     """(bytes per device, host bytes per node) of weights, gradients and Adam states: DeepSpeed's
-    estimators. ZeRO-3 is costed without ``zero.Init`` (zero_init=False): every rank builds the whole
-    student on the host before DeepSpeed partitions it (train/loop.py), which is the host figure."""
+    estimators. ZeRO-3 is costed with ``zero.Init`` (zero_init=True), as the trainer builds ZeRO-3
+    students (model/zero_init.py): each module is partitioned as soon as it is built, so the host holds
+    one fp32 layer per rank at a time (L x 4 x ranks per node x 1.5), or, offloaded, this node's share
+    of the states (N x 16 or 18 / nodes x 1.5). At ZeRO-0/1/2 every rank builds the whole student on
+    the host before DeepSpeed takes it: N x 4 x ranks per node x 1.5."""
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
     from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 
     if layout.stage == 3:
         cpu, dev, _ = estimate_zero3_model_states_mem_needs(
             params, largest, gpus_per_node, nodes, cpu_offload=layout.offload_optimizer,
-            cpu_offload_params=layout.offload_param, zero_init=False)
+            cpu_offload_params=layout.offload_param, zero_init=True)
         return dev, cpu
     cpu, dev = estimate_zero2_model_states_mem_needs(params, gpus_per_node, nodes,
                                                      cpu_offload=layout.offload_optimizer)
@@ -136,14 +143,22 @@ def deepspeed_states(layout: Layout, params: int, largest: int, nodes: int, gpus
     return dev, cpu
 
 
-def lora_states(layout: Layout, shape: StudentShape, nodes: int, gpus_per_node: int) -> int:
-    """Device bytes of the model states when only ``trainable_params`` train: DeepSpeed's estimator on
-    those, plus the frozen base in 16-bit (partitioned under ZeRO-3, on the host when offloaded)."""
-    dev, _ = deepspeed_states(layout, shape.trainable_params, shape.largest_layer_params, nodes, gpus_per_node)
+def lora_states(layout: Layout, shape: StudentShape, nodes: int, gpus_per_node: int) -> tuple[int, int]:
+    """(bytes per device, host bytes per node) of the model states when only ``trainable_params``
+    train: DeepSpeed's estimator on those, plus the frozen base in 16-bit (partitioned under ZeRO-3, on
+    the host when parameters are offloaded: this node's share, 2 x frozen / nodes).
+
+    The host figure of ZeRO-0/1/2 is full fine-tuning's: every rank builds the whole student on its host
+    whatever trains. Under ZeRO-3 (zero.Init) the host holds the trainable parameters' offloaded states,
+    not all of them, or, without offload, the one layer being built (the same L as full fine-tuning)."""
+    dev, cpu = deepspeed_states(layout, shape.trainable_params, shape.largest_layer_params, nodes, gpus_per_node)
     frozen = 2 * shape.frozen_params
-    if layout.stage == 3:
-        frozen = 0 if layout.offload_param else frozen // (nodes * gpus_per_node)
-    return dev + frozen
+    if layout.stage != 3:
+        _, cpu = deepspeed_states(layout, shape.params, shape.largest_layer_params, nodes, gpus_per_node)
+        return dev + frozen, cpu
+    if layout.offload_param:
+        return dev, cpu + frozen // nodes
+    return dev + frozen // (nodes * gpus_per_node), cpu
 
 
 # --- activations ------------------------------------------------------------------------------------
@@ -195,17 +210,19 @@ def config_activations(cfg: MAGDiConfig, shape: StudentShape) -> dict[str, int]:
 def _entry(layout: Layout, shape: StudentShape, acts: int, hw: Hardware, lora: bool) -> dict:
     dev, cpu = deepspeed_states(layout, shape.params, shape.largest_layer_params, hw.nodes, hw.gpus_per_node)
     entry = {"per_device_bytes": dev, "per_node_cpu_bytes": cpu}
-    state = dev
+    state, host = dev, cpu
     if lora:
-        state = entry["lora_per_device_bytes"] = lora_states(layout, shape, hw.nodes, hw.gpus_per_node)
+        state, host = lora_states(layout, shape, hw.nodes, hw.gpus_per_node)
+        entry.update(lora_per_device_bytes=state, lora_per_node_cpu_bytes=host)
     device = state + acts
     if hw.kind == "gpu":
-        node = cpu
+        node = host
     else:
-        # One RAM for everything. Without offload the host figure is the model built before DeepSpeed
-        # takes it, and on the CPU accelerator that copy becomes the device copy: the larger one counts.
+        # One RAM for everything. Without offload the host figure is what each rank builds before
+        # DeepSpeed takes it (the whole model at ZeRO-0/1/2, one layer at a time under ZeRO-3's
+        # zero.Init), and on the CPU accelerator that becomes the device copy: the larger one counts.
         ranks = hw.gpus_per_node * device
-        node = ranks + cpu if layout.offloads else max(ranks, cpu)
+        node = ranks + host if layout.offloads else max(ranks, host)
     fits = device <= hw.device_memory and (hw.node_memory is None or node <= hw.node_memory)
     entry.update(device_need_bytes=device, node_need_bytes=node, fits=bool(fits))
     return entry
@@ -299,11 +316,12 @@ def format_plan(result: dict) -> str:
     ]
     lora = result["lora"]
     head = ["preset", "DS states/device", *(["LoRA states/device"] if lora else []), "need/device",
-            "DS host/node", "need/node", "fits"]
+            "DS host/node", *(["LoRA host/node"] if lora else []), "need/node", "fits"]
     rows = [head]
     for name, p in result["presets"].items():
         rows.append([name, _gib(p["per_device_bytes"]), *([_gib(p["lora_per_device_bytes"])] if lora else []),
-                     _gib(p["device_need_bytes"]), _gib(p["per_node_cpu_bytes"]), _gib(p["node_need_bytes"]),
+                     _gib(p["device_need_bytes"]), _gib(p["per_node_cpu_bytes"]),
+                     *([_gib(p["lora_per_node_cpu_bytes"])] if lora else []), _gib(p["node_need_bytes"]),
                      "yes" if p["fits"] else "no"])
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
@@ -311,7 +329,8 @@ def format_plan(result: dict) -> str:
     lines += [
         "",
         "GiB. DS = DeepSpeed's estimators for full fine-tuning (16-bit weights and gradients, fp32 master "
-        "weights and Adam states; ZeRO-3 host figures without zero.Init, as this trainer builds the model).",
+        "weights and Adam states; ZeRO-3 figures are DeepSpeed's zero.Init ones, as this trainer builds "
+        "ZeRO-3 students; at ZeRO-0/1/2 every rank builds the whole model on the host).",
         "need = the states this config trains + activations; on a machine without GPU the ranks share its RAM.",
         f"fits: {', '.join(result['fitting']) or 'none'} (this config uses {result['config_preset']})",
     ]
