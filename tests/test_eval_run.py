@@ -309,6 +309,43 @@ def test_self_consistency_is_seeded_and_batch_independent(student, synth, tmp_pa
         evaluate(EvalConfig(model=str(student), data=str(synth), k=3, progress=False))
 
 
+def test_reuse_returns_only_the_same_finished_evaluation(student, synth, tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    import magdi_dist.recipes.evaluate as ev
+
+    model = tmp_path / "model"
+    shutil.copytree(student, model)
+    kw = dict(limit=4, max_new_tokens=8, batch_size=2)
+    first, _ = _run(model, synth, tmp_path / "eval", **kw)
+    ran = []
+    real = ev._records
+    monkeypatch.setattr(ev, "_records", lambda *a: ran.append(1) or real(*a))
+
+    def again(**over) -> dict:
+        cfg = {"model": str(model), "data": str(synth), "out": str(tmp_path / "eval"), "progress": False,
+               "reuse": True, **kw, **over}
+        return evaluate(EvalConfig(**cfg))
+
+    assert again() == first and ran == []  # the same evaluation: read back, nothing generated
+    assert again(max_new_tokens=9)["max_new_tokens"] == 9 and len(ran) == 1  # other decoding: runs
+    again(max_new_tokens=8)  # (the folder now holds max_new_tokens 9: runs, and writes 8 back)
+    assert len(ran) == 2
+    again(limit=3)
+    assert len(ran) == 3
+    again(limit=4)
+    assert len(ran) == 4
+    assert again() and len(ran) == 4
+    # The model retrained after the evaluation (its files newer): the old answers are not its answers.
+    summary = tmp_path / "eval" / "summary.json"
+    earlier = (model / "config.json").stat().st_mtime - 5
+    os.utime(summary, (earlier, earlier))
+    again()
+    assert len(ran) == 5
+    assert again() and len(ran) == 5
+
+
 @pytest.mark.slow
 def test_two_ray_workers_reproduce_the_single_process_run(student, synth, tmp_path):
     """The sharded run goes through the Ray job entrypoint (ray_jobs/evaluate.py -> CLI -> actors) on a

@@ -49,6 +49,7 @@ class EvalConfig:
     mlflow_run_id: str | None = None
     tracking_uri: str | None = None
     progress: bool = True
+    reuse: bool = False  # return the evaluation already in ``out`` if it is this one (finished_evaluation)
 
     @property
     def settings(self) -> DecodeSettings:
@@ -130,11 +131,48 @@ def _records(cfg: EvalConfig, questions: list[EvalQuestion], dirs: StudentDirs) 
         bar.close()
 
 
+# What a summary must share with a config to be that config's evaluation (model and out aside).
+SAME = ("k", "temperature", "max_new_tokens", "seed", "batch_size")
+
+
+def finished_evaluation(cfg: EvalConfig) -> dict | None:
+    """The summary already in ``cfg.out`` when it is this evaluation: the same model directory, written
+    after the model's files last changed, the same questions (data, exclusions, limit) and decoding.
+    A re-run study then does not redo an evaluation that finished before a later step failed."""
+    if not cfg.out or is_uri(cfg.model):
+        return None
+    out, model = Path(cfg.out), Path(cfg.model)
+    if not ((out / SUMMARY).is_file() and (out / PREDICTIONS).is_file() and model.is_dir()):
+        return None
+    summary = json.loads((out / SUMMARY).read_text(encoding="utf-8"))
+    # Summaries from before the limit was recorded: their n is the limit when the data had enough.
+    limit = summary["limit"] if "limit" in summary else (cfg.limit if summary.get("n") == cfg.limit else -1)
+    def paths(xs: list[str]) -> list[Path]:
+        return [Path(x).resolve() for x in xs]
+
+    same = (paths([summary.get("model", ""), summary.get("data", "")]) == paths([cfg.model, cfg.data])
+            and paths(summary.get("excluded_from", [])) == paths(cfg.exclude)
+            and limit == cfg.limit and bool(summary.get("efficiency")) == bool(cfg.teachers)
+            and all(summary.get(k) == getattr(cfg, k) for k in SAME))
+    newer = (out / SUMMARY).stat().st_mtime >= max(f.stat().st_mtime for f in model.iterdir())
+    return summary if same and newer else None
+
+
 def evaluate(cfg: EvalConfig) -> dict:
-    """Run the evaluation described by ``cfg``; write predictions and summary; return the summary."""
+    """Run the evaluation described by ``cfg``; write predictions and summary; return the summary.
+    With ``cfg.reuse``, an identical finished evaluation in ``cfg.out`` is returned (and logged to
+    ``cfg.mlflow_run_id``) instead of being run again."""
     import torch
 
     cfg.validate()
+    done = finished_evaluation(cfg) if cfg.reuse else None
+    if done is not None:
+        if cfg.mlflow_run_id:
+            from magdi_dist.eval.tracking import log_to_run
+
+            out = Path(cfg.out)
+            log_to_run(cfg.mlflow_run_id, done, [out / PREDICTIONS, out / SUMMARY], tracking_uri=cfg.tracking_uri)
+        return done
     torch.manual_seed(cfg.seed)
     questions, fmt = load_questions(cfg.data, format=cfg.format, task=cfg.task, limit=cfg.limit,
                                     exclude=cfg.exclude)
@@ -152,6 +190,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         k=cfg.k,
         temperature=cfg.temperature,
         max_new_tokens=cfg.max_new_tokens,
+        limit=cfg.limit,
         excluded_from=list(cfg.exclude),  # contamination: questions of these MAG files were skipped
         seed=cfg.seed,
         batch_size=cfg.batch_size,

@@ -142,8 +142,8 @@ def _run_cell(study: StudyConfig, cell: Cell, ctx: dict) -> CellResult:
         ev = evaluate(EvalConfig(model=str(export_dir), data=ctx["heldout"], limit=e.limit, exclude=e.exclude,
                                  teachers=e.teachers, k=e.k,
                                  temperature=e.temperature, max_new_tokens=e.max_new_tokens, seed=cfg.train.seed,
-                                 batch_size=e.batch_size, out=str(out / "eval"), progress=False,
-                                 mlflow_run_id=run_id, tracking_uri=uri))
+                                 batch_size=e.batch_size, workers=e.workers, out=str(out / "eval"),
+                                 progress=False, mlflow_run_id=run_id, tracking_uri=uri, reuse=True))
         train = _train_summary(out)
         result.wall_time_s = time.perf_counter() - started
         result.params = float(_param_count(export_dir))

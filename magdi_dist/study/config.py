@@ -66,6 +66,8 @@ class StudyEval(_Section):
     temperature: float = Field(0.0, ge=0.0)
     max_new_tokens: int = Field(64, ge=1)
     batch_size: int = Field(16, ge=1)
+    workers: int = Field(1, ge=1)
+    """Ray actors that share the questions (the same batches, so the same answers as one process)."""
 
 
 class StudyConfig(_Section):
