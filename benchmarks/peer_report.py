@@ -41,8 +41,11 @@ def step_flops(c: dict, tok: dict, variant: str) -> float:
 
 
 def _ratio(num: list[float], den: list[float]) -> dict:
+    """num/den over the same steps. ``value``: total over total (time per positive token of the whole
+    run: every step has the same positive tokens on both sides, and long steps weigh what they cost);
+    ``paired_median`` and the range: per-step ratios, each pair measured back to back (the noise)."""
     rs = [a / b for a, b in zip(num, den, strict=True)]
-    return {"value": median(rs), "min": min(rs), "max": max(rs), "n": len(rs)}
+    return {"value": sum(num) / sum(den), "paired_median": median(rs), "min": min(rs), "max": max(rs), "n": len(rs)}
 
 
 def summarise(spec: dict, runs: dict, consts: dict) -> dict:
@@ -122,7 +125,8 @@ def markdown(fig: dict) -> list[str]:
     """The peer table (generated into docs/benchmarks.md by benchmarks/report.py)."""
     def r(key: str) -> str:
         c, w = fig["ratios"]["cpu_s"][key], fig["ratios"]["wall_s"][key]
-        return f"{c['value']:.3f} (range {c['min']:.2f}-{c['max']:.2f}) CPU time, {w['value']:.3f} wall clock"
+        return (f"{c['value']:.3f} CPU time, {w['value']:.3f} wall clock (total over total; per step: median "
+                f"{c['paired_median']:.3f}, range {c['min']:.2f}-{c['max']:.2f})")
 
     out = [f"Peer comparison, {fig['date']}, commit {fig['commit']}, load average {fig['loadavg'][0]:.1f} at the "
            f"end: {fig['what']}; {fig['reps']} timed steps per variant after {fig['warmup_steps']} warm-up "
@@ -131,7 +135,8 @@ def markdown(fig: dict) -> list[str]:
            "before the trainers start and handed to this project's loop as train.peak_flops).", "",
            "| trainer | positive-chain tokens/s | per CPU-second | step time, median (range) | peak RSS | "
            "MFU (bench / metrics.jsonl) |", "|---|---:|---:|---:|---:|---:|"]
-    for k, x in fig["variants_table"].items():
+    for k in VARIANTS:
+        x = fig["variants_table"][k]
         logged = f"{x['mfu_logged']:.1%}" if x["mfu_logged"] is not None else "-"
         out.append(f"| {LABELS[k].format(peer=fig['peer'])} | {x['tokens_per_s']:.0f} | {x['tokens_per_cpu_s']:.0f} | "
                    f"{x['step_s']:.2f} s ({x['step_s_range'][0]:.2f}-{x['step_s_range'][1]:.2f}) | "
@@ -143,7 +148,7 @@ def markdown(fig: dict) -> list[str]:
             "token + 0.05).",
             f"- A/A, sft_aa / sft: {r('aa')}.",
             "- Resident memory between steps (paused): " + ", ".join(
-                f"{k} {x['rss_paused_mib']:.0f} MiB" for k, x in fig["variants_table"].items()) + ".",
+                f"{k} {fig['variants_table'][k]['rss_paused_mib']:.0f} MiB" for k in VARIANTS) + ".",
             f"- Same work: loops' own token counts match the rows (sft {ck['sft_tokens_match']}, magdi "
             f"{ck['magdi_tokens_match']}, TRL {ck['peer_tokens_match']}); first-step loss sft "
             f"{ck['first_step_loss']['sft']:.5f}, TRL {ck['first_step_loss']['peer']:.5f}."]
