@@ -83,6 +83,8 @@ def worker(mode: str, config: str, steps: int, out_json: Path) -> None:
     def phase(name: str, before: int, t0: float) -> None:
         phases[name] = {"rss_before_gib": before / 2**20, "peak_gib": _kib("VmHWM") / 2**20,
                         "growth_gib": (_kib("VmHWM") - before) / 2**20, "seconds": time.perf_counter() - t0}
+        # Written after every phase: a rank the kernel kills later (out of memory) still reports these.
+        out_json.write_text(json.dumps({"mode": mode, "rank": info.rank, "phases": phases, "partial": True}))
 
     before, t0 = _reset_peak(), time.perf_counter()
     student = MAGDiStudent(cfg.model, tokenizer=tok, feature_dim=data.feature_dim,
@@ -141,8 +143,10 @@ def run(steps: int, max_len: int, modes: list[str], base: dict | None = None, pr
                "--out", str(work / f"{mode}_rank{{rank}}.json")]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-        if proc.returncode != 0:
-            report["modes"][mode] = {"error": proc.stderr[-3000:]}
+        if proc.returncode != 0:  # with the phases each rank finished before it failed
+            report["modes"][mode] = {"error": proc.stderr[-3000:], "returncode": proc.returncode,
+                                     "rank_sigkilled": "exitcode  : -9" in proc.stderr,  # the OOM killer's signal
+                                     "ranks": [json.loads(p.read_text()) for p in outs if p.is_file()]}
             continue
         report["modes"][mode] = {"wall_s": time.perf_counter() - t0,
                                  "ranks": [json.loads(p.read_text()) for p in outs]}
