@@ -77,3 +77,21 @@ def losses(run_dir: Path, key: str = "loss") -> list[float]:
 
 def train_records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+
+
+CURVE_KEYS = ("step", "epoch", "loss", "ntp_loss", "margin_loss", "node_loss", "lr", "grad_norm", "tokens")
+
+
+def assert_same_run(ref: Path, run: Path, label: str) -> None:
+    """``run`` (resumed, restarted) ended exactly as the uninterrupted ``ref``: bit-identical exported
+    weights (LM and graph encoder) and the same training curve, step by step."""
+    import torch
+    from safetensors.torch import load_file
+
+    for name in ("model.safetensors", "graph_encoder.safetensors"):
+        a, b = load_file(ref / "export" / name), load_file(run / "export" / name)
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{label}: {name}:{key} differs"
+    curve = [tuple(r.get(k) for k in CURVE_KEYS) for r in train_records(ref)]
+    assert [tuple(r.get(k) for k in CURVE_KEYS) for r in train_records(run)] == curve, label

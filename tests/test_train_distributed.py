@@ -9,8 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
-from launchers import deepspeed_launcher, losses, torchrun, train_records, write_config
+from launchers import assert_same_run, deepspeed_launcher, losses, torchrun, train_records, write_config
 from safetensors.torch import load_file
 
 from magdi_dist.config import config_hash, load_config
@@ -19,7 +18,6 @@ from magdi_dist.train.checkpoint import CheckpointMismatch, latest_checkpoint
 
 pytestmark = pytest.mark.slow
 STAGES = (0, 2, 3)
-CURVE_KEYS = ("step", "loss", "ntp_loss", "margin_loss", "node_loss", "lr", "grad_norm", "tokens")
 
 
 @pytest.fixture(scope="module")
@@ -90,13 +88,7 @@ def resumed(work, stage_runs):
 
 def test_resume_matches_uninterrupted_run_bitwise(resumed, stage_runs):
     ref = stage_runs[2]
-    for name in ("model.safetensors", "graph_encoder.safetensors"):
-        a, b = load_file(ref / "export" / name), load_file(resumed / "export" / name)
-        assert a.keys() == b.keys()
-        for key in a:
-            assert torch.equal(a[key], b[key]), f"{name}:{key} differs after resume"
-    curve = [tuple(r.get(k) for k in CURVE_KEYS) for r in train_records(ref)]
-    assert [tuple(r.get(k) for k in CURVE_KEYS) for r in train_records(resumed)] == curve
+    assert_same_run(ref, resumed, "after resume")
     evals = [r for r in train_records(resumed) if "eval_loss" in r]
     assert evals == [r for r in train_records(ref) if "eval_loss" in r] and len(evals) == 1
 
