@@ -154,7 +154,7 @@ def finished_evaluation(cfg: EvalConfig) -> dict | None:
             and paths(summary.get("excluded_from", [])) == paths(cfg.exclude)
             and limit == cfg.limit and bool(summary.get("efficiency")) == bool(cfg.teachers)
             and all(summary.get(k) == getattr(cfg, k) for k in SAME))
-    newer = (out / SUMMARY).stat().st_mtime >= max(f.stat().st_mtime for f in model.iterdir())
+    newer = (out / SUMMARY).stat().st_mtime >= max((f.stat().st_mtime for f in model.iterdir()), default=0)
     return summary if same and newer else None
 
 
