@@ -13,7 +13,8 @@ micro-batch per optimizer step, the real GSM8K teacher chains of configs/smollm2
   longest row like the project's collate, packing off, no gradient checkpointing (the config has none;
   TRL's default is on);
 * ``magdi``: this project's default objective (NTP + margin + node loss, frozen features) on the same
-  batches, i.e. the same positive chains plus the negative rows of the pairs that have one;
+  batches, i.e. the same positive chains plus the negative rows of the pairs that have one (at one rank
+  ``model.lm_passes: auto`` runs them as two passes; benchmarks/lm_passes.py measures one against two);
 * ``sft_aa``: a second, identical ``sft``: the A/A control (its ratio to ``sft`` is the noise floor).
 
 Cores: each variant is one process with ``--threads`` intra-op threads (default 1) and world size 1,
@@ -137,10 +138,12 @@ def _pad_id(tok_dir: str) -> int:
 
 def batch_tokens(rows: list[dict]) -> dict:
     """Real tokens of one micro-batch: positive rows, the negative rows MAGDi runs, label targets,
-    graph nodes, and the attention terms (sum of squared row lengths)."""
+    graph nodes, the attention terms (sum of squared row lengths), and the rows and longest row of each
+    side (the padded positions the LM runs)."""
     pos = [len(r["pos_input_ids"]) for r in rows]
     neg = [len(r["neg_input_ids"]) for r in rows if r["has_negative"]]
     return {"pos": sum(pos), "neg": sum(neg), "pos_sq": sum(n * n for n in pos), "neg_sq": sum(n * n for n in neg),
+            "pos_rows": len(pos), "neg_rows": len(neg), "pos_max": max(pos), "neg_max": max(neg, default=0),
             "targets": sum(sum(1 for x in r["pos_labels"][1:] if x != -100)
                                                               for r in rows),
             "nodes": sum(len(r["node_labels"]) for r in rows)}
@@ -285,6 +288,7 @@ def run(settings: Settings) -> dict:
         ],
         "value": sft_vs_peer, "goal": f">= {SFT_GOAL}", "met": sft_vs_peer >= SFT_GOAL and magdi_vs_sft <= magdi_goal,
         "checks": ok, "details": res, "batch_tokens": spec["batch_tokens"],
+        "flop_model_magdi_vs_sft": res.get("flop_model_magdi_vs_sft"),
         "variants_table": {k: {"tokens_per_s": v[k]["tokens_per_s"], "tokens_per_cpu_s": v[k]["tokens_per_cpu_s"],
                                "step_s": v[k]["step_s_median"], "step_s_range": v[k]["step_s_range"],
                                "step_cpu_s": v[k]["step_cpu_s_median"], "peak_rss_mib": v[k]["peak_rss_mib"],

@@ -103,6 +103,11 @@ class StudentConfig(_Section):
     """live only: run up to this many more nodes per graph through the LM (bounded extra compute)."""
     live_node_max_tokens: int = Field(256, ge=1)
     """live only: token budget of each extra node (collate truncates to it)."""
+    lm_passes: Literal["auto", "one", "split"] = "auto"
+    """How the positive rows and the negatives a loss reads go through the LM. one: a single pass, every
+    row padded to the longest of either; split: two passes, each padded to its own longest row (fewer
+    padded positions, but two parameter gathers per step under ZeRO-3). auto: one under ZeRO-3 on more
+    than one rank, split otherwise (decided when training starts)."""
     pooling: Literal["weighted_mean", "mean"] = "weighted_mean"
     """Sequence embedding for the scorer and node features: position-weighted mean (reference) or mean."""
     gcn_layers: int = Field(2, ge=1)

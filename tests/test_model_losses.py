@@ -140,8 +140,9 @@ def make_student(**kw):
         ("live", "mean", (1.0, 0.0)),
     ],
 )
-def test_losses_match_independent_computation(mode, pooling, pair_mask):
-    student = make_student(graph_features=mode, pooling=pooling)
+@pytest.mark.parametrize("passes", ["one", "split"])
+def test_losses_match_independent_computation(mode, pooling, pair_mask, passes):
+    student = make_student(graph_features=mode, pooling=pooling, lm_passes=passes)
     batch = make_batch(pair_mask)
     with torch.no_grad():
         got = student(batch)
@@ -181,6 +182,44 @@ def test_ntp_only_runs_no_negative_row():
     assert float(sft["ntp_loss"]) == pytest.approx(float(full["ntp_loss"]), rel=1e-5)
     assert float(sft["margin_loss"]) == 0.0 and float(sft["loss"]) == pytest.approx(0.7 * float(full["ntp_loss"]),
                                                                                   rel=1e-5)
+
+
+def test_split_passes_run_each_side_at_its_own_width_with_the_same_losses_and_gradients():
+    """lm_passes split: the positives at their width, the negatives at theirs; losses and every
+    gradient are those of the one padded pass."""
+    batch = make_batch((1.0, 1.0))
+    pad = torch.nn.functional.pad  # 2 more padding columns, as when a longer row of another rank sets the width
+    batch.update(input_ids=pad(batch["input_ids"], (0, 2), value=PAD),
+                 attention_mask=pad(batch["attention_mask"], (0, 2)), labels=pad(batch["labels"], (0, 2), value=-100))
+    runs = {}
+    for passes in ("one", "split"):
+        student = make_student(lm_passes=passes)
+        seen = []
+        hook = student.lm.get_input_embeddings().register_forward_hook(
+            lambda _m, args, _o, seen=seen: seen.append(tuple(args[0].shape)))
+        out = student(batch)
+        out["loss"].backward()
+        hook.remove()
+        runs[passes] = (out, seen, {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None})
+    (one, one_seen, one_grads), (split, split_seen, split_grads) = runs["one"], runs["split"]
+    assert one_seen == [(4, 9)] and split_seen == [(2, 7), (2, 6)]  # positives 7 and 5, negatives 6 and 4
+    for key in ("ntp_loss", "margin_loss", "node_loss", "loss", "num_tokens"):
+        assert float(split[key]) == pytest.approx(float(one[key]), rel=1e-5, abs=1e-7), key
+    assert one_grads.keys() == split_grads.keys() and len(one_grads) > 10
+    for name, grad in one_grads.items():
+        torch.testing.assert_close(split_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_lm_passes_auto_is_one_pass_only_under_zero3_on_several_ranks():
+    from magdi_dist.model.student import resolve_lm_passes
+
+    cfg = StudentConfig(base="unused")
+    zero3, zero2 = {"zero_optimization": {"stage": 3}}, {"zero_optimization": {"stage": 2}}
+    assert resolve_lm_passes(cfg, zero3, 2).lm_passes == "one"
+    assert resolve_lm_passes(cfg, zero3, 1).lm_passes == "split"
+    assert resolve_lm_passes(cfg, zero2, 8).lm_passes == "split"
+    assert resolve_lm_passes(cfg, None, 1).lm_passes == "split"
+    assert resolve_lm_passes(cfg.model_copy(update={"lm_passes": "one"}), zero2, 1).lm_passes == "one"
 
 
 def test_fast_path_equals_full_forward_and_peft():

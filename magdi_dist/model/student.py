@@ -24,14 +24,34 @@ from magdi_dist.model.build import load_lm, unwrap_lm
 from magdi_dist.model.encoder import GraphEncoder
 from magdi_dist.model.forward import lm_forward
 from magdi_dist.model.losses import margin_ranking_loss, node_loss, ntp_loss, pool_hidden
-from magdi_dist.model.zero_init import partition_module
+from magdi_dist.model.zero_init import is_zero3, partition_module
 
 # Batch key of the LM row plan (``lm_rows``), set on the host before the batch moves to its device.
 LM_ROWS = "lm_rows"
 
 
-def lm_rows(cfg: StudentConfig, batch: dict) -> tuple[torch.Tensor | None, int | None]:
-    """(indices of the batch rows the LM has to run, their padded width), or (None, None) for all rows.
+# One LM pass: (the batch rows it runs, or None for all; their padded width, or None for the batch's;
+# how many of its first rows get output-head logits, or None for none).
+LMPass = tuple[torch.Tensor | None, int | None, int | None]
+
+
+def resolve_lm_passes(cfg: StudentConfig, ds_config: dict | None, world_size: int) -> StudentConfig:
+    """``lm_passes: auto`` made concrete. Two passes skip the padding of the shorter side (positives are
+    often shorter than the negatives they are padded to), but under ZeRO-3 on several ranks each pass
+    gathers every parameter from the other ranks, forward and backward: there one padded pass is the
+    cheaper trade. Elsewhere (ZeRO 0-2, or a single rank, where nothing is gathered) two passes are."""
+    if cfg.lm_passes != "auto":
+        return cfg
+    one = is_zero3(ds_config) and world_size > 1
+    return cfg.model_copy(update={"lm_passes": "one" if one else "split"})
+
+
+def _width(attention_mask: np.ndarray, rows: np.ndarray) -> int:
+    return int(attention_mask[rows].sum(axis=1).max())  # right padding: the longest of these rows
+
+
+def lm_rows(cfg: StudentConfig, batch: dict) -> list[LMPass]:
+    """The LM passes of this batch: which rows run, padded to what width.
 
     A pair without a negative carries a one-token placeholder row (data/collate.py) that no loss
     reads: its margin term is masked by pair_mask and live features skip it (neg_node -1). Running
@@ -41,9 +61,12 @@ def lm_rows(cfg: StudentConfig, batch: dict) -> tuple[torch.Tensor | None, int |
     (``margin_weight: 0``, the NTP-only / SFT baseline) and with frozen features no loss reads any
     negative, so none runs: the baseline does the work of plain fine-tuning, no more.
 
-    The decision sets tensor shapes, so it is read on the host: from the collated batch before it
-    moves (the training loop stores it under ``LM_ROWS``, no device sync), or here, copying the
-    masks back from the device (a sync) when a caller did not."""
+    ``lm_passes: split`` runs the positives and the needed negatives as two passes, each cut to its own
+    longest row; otherwise (``one``, and ``auto`` outside training) one pass cut to the longest of all.
+
+    The plan sets tensor shapes, so it is read on the host: from the collated batch before it moves
+    (the training loop stores it under ``LM_ROWS``, no device sync), or here, copying the masks back
+    from the device (a sync) when a caller did not."""
     pair_mask = batch["pair_mask"].detach().cpu().numpy()
     B = len(pair_mask)
     needed = pair_mask > 0
@@ -51,12 +74,17 @@ def lm_rows(cfg: StudentConfig, batch: dict) -> tuple[torch.Tensor | None, int |
         needed[:] = False
     if cfg.graph_features == "live":  # every node that gets a live feature needs its row
         needed |= batch["neg_node"].detach().cpu().numpy() >= 0
+    mask = batch["attention_mask"].detach().cpu().numpy()
+    pos, neg = np.arange(B), B + np.flatnonzero(needed)
+    if cfg.lm_passes == "split":
+        passes: list[LMPass] = [(torch.from_numpy(pos), _width(mask, pos), B)]
+        if len(neg):
+            passes.append((torch.from_numpy(neg), _width(mask, neg), None))
+        return passes
     if needed.all():
-        return None, None
-    keep = np.concatenate([np.arange(B), B + np.flatnonzero(needed)])
-    # Right padding: the kept rows only need the width of the longest of them.
-    width = int(batch["attention_mask"].detach().cpu().numpy()[keep].sum(axis=1).max())
-    return torch.from_numpy(keep), width
+        return [(None, None, B)]
+    keep = np.concatenate([pos, neg])
+    return [(torch.from_numpy(keep), _width(mask, keep), B)]
 
 
 class MAGDiStudent(nn.Module):
@@ -94,20 +122,26 @@ class MAGDiStudent(nn.Module):
         B = input_ids.shape[0] // 2
         pair_mask = batch["pair_mask"].to(input_ids.device)
 
-        # One pass for positives (rows :B) and the negatives a loss reads (rows B:); logits for positives.
-        keep, width = batch[LM_ROWS] if LM_ROWS in batch else lm_rows(cfg, batch)
-        if keep is None:
-            hidden, pos_logits = lm_forward(self.lm, input_ids, attention_mask, head_rows=B)
-            pooled = pool_hidden(hidden, attention_mask, cfg.pooling)
-            lm_mask = attention_mask
-        else:
-            keep = keep.to(input_ids.device, non_blocking=True)
-            lm_mask = attention_mask[keep][:, :width]
-            hidden, pos_logits = lm_forward(self.lm, input_ids[keep][:, :width], lm_mask, head_rows=B)
-            kept = pool_hidden(hidden, lm_mask, cfg.pooling)
-            # Back to one row per batch row; a skipped row gets a zero embedding no loss reads.
-            pooled = kept.new_zeros((input_ids.shape[0], kept.shape[1])).index_copy(0, keep, kept)
-            labels = labels[:, :width]
+        # Positives (rows :B) and the negatives a loss reads (rows B:); logits for positives only.
+        passes = batch[LM_ROWS] if LM_ROWS in batch else lm_rows(cfg, batch)
+        ran, pooled_parts, num_tokens = [], [], 0
+        for rows, width, head_rows in passes:
+            ids, mask = input_ids, attention_mask
+            if rows is not None:
+                rows = rows.to(input_ids.device, non_blocking=True)
+                ids, mask = input_ids[rows][:, :width], attention_mask[rows][:, :width]
+            hidden, logits = lm_forward(self.lm, ids, mask, head_rows=head_rows)
+            if head_rows is not None:
+                pos_logits = logits
+                labels = labels[:, :mask.shape[1]]
+            ran.append(rows)
+            pooled_parts.append(pool_hidden(hidden, mask, cfg.pooling))
+            num_tokens = num_tokens + mask.sum()  # real tokens of the rows that ran: no padding, no skipped row
+        if ran == [None]:
+            pooled = pooled_parts[0]
+        else:  # back to one row per batch row; a skipped row gets a zero embedding no loss reads
+            kept = torch.cat(pooled_parts)
+            pooled = kept.new_zeros((input_ids.shape[0], kept.shape[1])).index_copy(0, torch.cat(ran), kept)
         ntp, n_targets = ntp_loss(pos_logits, labels[:B])
         if cfg.margin_weight > 0:
             scores = self.score(pooled)
@@ -123,8 +157,6 @@ class MAGDiStudent(nn.Module):
         nodes = node_loss(node_logits, graph.y)
 
         loss = cfg.ntp_weight * ntp + cfg.margin_weight * margin + cfg.node_weight * nodes
-        # Real tokens of the rows the LM ran: skipped negatives, placeholders and padding do not count.
-        num_tokens = lm_mask.sum()
         if "extra_attention_mask" in batch and cfg.graph_features == "live":
             num_tokens = num_tokens + batch["extra_attention_mask"].sum()
         return {

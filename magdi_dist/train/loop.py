@@ -168,6 +168,7 @@ def train(cfg: MAGDiConfig, data: TrainData, *, resume: bool = True,
 
     from magdi_dist.model import MAGDiStudent
     from magdi_dist.model.build import lm_hidden_size
+    from magdi_dist.model.student import resolve_lm_passes
     from magdi_dist.train.engine import engine_config, initialize
     from magdi_dist.train.export import export
 
@@ -189,6 +190,8 @@ def train(cfg: MAGDiConfig, data: TrainData, *, resume: bool = True,
     # The DeepSpeed config comes first: under ZeRO-3 the student is built already partitioned with it.
     ds_config, _ = engine_config(cfg, info.world_size, info.accelerator, lm_hidden_size(
         cfg.model.base, tokenizer=tokenizer, trust_remote_code=cfg.model.trust_remote_code))
+    # After the config hash: "auto" resolves by world size, which a resume checks on its own.
+    cfg = cfg.model_copy(update={"model": resolve_lm_passes(cfg.model, ds_config, info.world_size)})
     student = MAGDiStudent(cfg.model, tokenizer=tokenizer, feature_dim=data.feature_dim, ds_config=ds_config)
     log.info("student ready in %.1fs (%d training rows, %d held-out rows, data %s)", time.perf_counter() - t0,
              len(data.train), len(data.eval), data.fingerprint[:12])

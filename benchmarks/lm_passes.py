@@ -1,0 +1,100 @@
+"""One padded LM pass or two (``model.lm_passes``), side by side on the real student.
+
+    python -m benchmarks.lm_passes [--reps 1] [--threads 1]
+
+SmolLM2-135M-Instruct with the peer figure's LoRA, data and micro-batches (benchmarks/peers.py
+``plan``: the same 15 timed batches), in one process, one intra-op thread. Per batch, forward and
+backward of the MAGDi student (NTP + margin + node loss) with ``lm_passes: one`` and with ``split``,
+and of the SFT student (margin 0, node 0: positives only) as the reference, in rotating order
+(sft, one, split / split, one, sft, ...). No optimizer step: every variant sees the same weights, so
+the three only differ in the rows and widths the LM runs. No DeepSpeed: at one rank ZeRO-3 gathers
+nothing from other ranks, which is where the two choices differ beyond their padded positions
+(model/student.py ``resolve_lm_passes``).
+
+Figures: CPU time per variant, total over total across the batches, and the ratios split/one and
+each over sft (the peer figure's (c)/(a) without the optimizer step and the loop); per-batch ratios'
+median and range as the noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+from benchmarks.common import RESULTS_DIR, Settings, _git, median, set_threads
+
+ORDER = ("sft", "one", "split")
+
+
+def run(settings: Settings, reps: int) -> dict:
+    import torch
+
+    from benchmarks.peers import plan
+    from magdi_dist.config import load_config
+    from magdi_dist.data.shards import load_train_data
+    from magdi_dist.model import MAGDiStudent
+    from magdi_dist.model.student import LM_ROWS, lm_rows
+    from magdi_dist.train.loop import _collate
+
+    spec = plan(settings, settings.workdir / "peers")
+    data = load_train_data(spec["manifest"])
+    cfgs = {"sft": load_config(spec["config"], spec["overrides"] + spec["variants"]["sft"]),
+            "one": load_config(spec["config"], spec["overrides"] + ["model.lm_passes=one"]),
+            "split": load_config(spec["config"], spec["overrides"] + ["model.lm_passes=split"])}
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(data.tokenizer)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    students = {"magdi": MAGDiStudent(cfgs["one"].model, tokenizer=tok, feature_dim=data.feature_dim).train()}
+    students["sft"] = MAGDiStudent(cfgs["sft"].model, lm=students["magdi"].lm, feature_dim=data.feature_dim).train()
+    batches = spec["batches"][spec["warmup"]:]
+    cpu: dict[str, list[float]] = {k: [] for k in ORDER}
+    k = 0
+    for _ in range(reps):
+        for idx in batches:
+            rows = [data.train[i] for i in idx]
+            order = ORDER if k % 2 == 0 else tuple(reversed(ORDER))
+            k += 1
+            for name in order:
+                batch = _collate(cfgs[name], rows, pad_id, 0, torch.device("cpu"))
+                batch[LM_ROWS] = lm_rows(cfgs[name].model, batch)
+                student = students["sft" if name == "sft" else "magdi"]
+                torch.manual_seed(0)  # the same LoRA dropout masks where the rows are the same
+                c = time.process_time()
+                student(batch)["loss"].backward()
+                cpu[name].append(time.process_time() - c)
+                student.zero_grad(set_to_none=True)
+
+    def ratio(a: str, b: str) -> dict:
+        rs = [x / y for x, y in zip(cpu[a], cpu[b], strict=True)]
+        return {"value": sum(cpu[a]) / sum(cpu[b]), "paired_median": median(rs), "min": min(rs), "max": max(rs)}
+
+    return {"figure": "lm_passes", "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "commit": _git("rev-parse", "--short", "HEAD") + ("+dirty" if _git("status", "--porcelain") else ""),
+            "what": f"{spec['student']} LoRA, the peer figure's {len(batches)} timed micro-batches x {reps}, forward + "
+                    f"backward, {settings.threads} thread(s), CPU time",
+            "cpu_s_total": {n: sum(v) for n, v in cpu.items()},
+            "ratios": {"split_vs_one": ratio("split", "one"), "one_vs_sft": ratio("one", "sft"),
+                       "split_vs_sft": ratio("split", "sft")},
+            "samples_cpu_s": cpu, "loadavg": list(os.getloadavg())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.lm_passes")
+    parser.add_argument("--reps", type=int, default=1, help="passes over the 15 batches")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/magdi_bench"))
+    parser.add_argument("--json", type=Path, default=RESULTS_DIR / "lm_passes.json")
+    args = parser.parse_args(argv)
+    set_threads(args.threads)
+    result = run(Settings(threads=args.threads, workdir=args.workdir), args.reps)
+    args.json.write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k != "samples_cpu_s"}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
