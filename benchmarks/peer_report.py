@@ -40,15 +40,21 @@ def step_flops(c: dict, tok: dict, variant: str) -> float:
     return flops
 
 
-def padded_step_flops(c: dict, tok: dict, variant: str) -> float:
+def padded_step_flops(c: dict, tok: dict, variant: str, passes: str = "one") -> float:
     """``step_flops`` over the positions the LM actually runs: sft runs its positive rows padded to the
-    longest; magdi runs positives and negatives in one pass, every row padded to the longest of either
-    (model/forward.py). The same head and GCN terms as ``step_flops``."""
-    rows, width = tok["pos_rows"], tok["pos_max"]
-    if variant == "magdi" and tok["neg_rows"]:
-        rows, width = rows + tok["neg_rows"], max(width, tok["neg_max"])
-    flops = rows * width * (c["decoder"] + c["attn_per_position"] * width) + c["head"] * tok["pos"]
-    return flops + (c["node"] * tok["nodes"] if variant != "peer" else 0.0)
+    longest; magdi runs the negatives too, in one pass with every row padded to the longest of either
+    (``passes="one"``) or in a second pass padded to the longest negative (``"split"``; model/student.py
+    ``lm_rows``). The same head and GCN terms as ``step_flops``."""
+    def rows(n: int, width: int) -> float:
+        return n * width * (c["decoder"] + c["attn_per_position"] * width)
+
+    if variant != "magdi" or not tok["neg_rows"]:
+        lm = rows(tok["pos_rows"], tok["pos_max"])
+    elif passes == "one":
+        lm = rows(tok["pos_rows"] + tok["neg_rows"], max(tok["pos_max"], tok["neg_max"]))
+    else:
+        lm = rows(tok["pos_rows"], tok["pos_max"]) + rows(tok["neg_rows"], tok["neg_max"])
+    return lm + c["head"] * tok["pos"] + (c["node"] * tok["nodes"] if variant != "peer" else 0.0)
 
 
 def _ratio(num: list[float], den: list[float]) -> dict:
@@ -105,10 +111,11 @@ def summarise(spec: dict, runs: dict, consts: dict) -> dict:
     if all("pos_max" in t for t in toks):  # spec written before the row widths were recorded: left out
         # What one padded LM pass alone predicts for (c)/(a), next to the real-token FLOPs' prediction:
         # the measured ratio above these is the step's own overhead (GCN, scorer, losses, memory).
-        padded = {n: sum(padded_step_flops(consts, t, n) for t in toks) for n in ("sft", "magdi")}
+        sft = sum(padded_step_flops(consts, t, "sft") for t in toks)
         out["flop_model_magdi_vs_sft"] = {
             "real_tokens": sum(v["magdi"]["flops_per_step"]) / sum(v["sft"]["flops_per_step"]),
-            "padded_one_pass": padded["magdi"] / padded["sft"]}
+            **{f"padded_{p}": sum(padded_step_flops(consts, t, "magdi", p) for t in toks) / sft
+               for p in ("one", "split")}}
     return out
 
 
@@ -135,7 +142,7 @@ def checks(spec: dict, runs: dict) -> dict:
 
 
 LABELS = {"sft": "(a) sft: this project, NTP on correct chains (DeepSpeed ZeRO-3)",
-          "peer": "(b) peer: {peer}", "magdi": "(c) magdi: this project, NTP + margin + node loss",
+          "peer": "(b) peer: {peer}", "magdi": "(c) magdi: this project, NTP + margin + node loss (`lm_passes: auto`)",
           "sft_aa": "A/A: a second, identical sft"}
 
 
@@ -164,10 +171,13 @@ def markdown(fig: dict) -> list[str]:
             f"- (c)/(a), magdi step time per positive token over sft's: {r('magdi_vs_sft')} (goal <= "
             f"{fig['magdi_goal']:.3f} = 1 + {fig['negative_token_share']:.3f} negative-row tokens per positive "
             "token + 0.05).",
-            *([f"- Where (c)/(a) comes from: model FLOPs predict {fm['real_tokens']:.3f} over real tokens and "
-               f"{fm['padded_one_pass']:.3f} over the positions one padded LM pass runs (each positive row "
-               "padded to the longest negative of its micro-batch); the measured ratio above the latter is "
-               "the MAGDi step's own overhead."] if (fm := fig.get("flop_model_magdi_vs_sft")) else []),
+            *([f"- Where (c)/(a) comes from: model FLOPs predict {fm['real_tokens']:.3f} over real tokens, "
+               f"{fm['padded_split']:.3f} over the padded positions of two LM passes (positives and negatives "
+               "each padded to their own longest row: `model.lm_passes: auto` at one rank) and "
+               f"{fm['padded_one']:.3f} over those of one pass (each positive padded to the longest negative "
+               "of its micro-batch: `auto` under ZeRO-3 on several ranks). The measured ratio above the "
+               "prediction for what ran is the MAGDi step's own overhead."]
+              if (fm := fig.get("flop_model_magdi_vs_sft")) and "padded_split" in fm else []),
             f"- A/A, sft_aa / sft: {r('aa')}.",
             "- Resident memory between steps (paused): " + ", ".join(
                 f"{k} {fig['variants_table'][k]['rss_paused_mib']:.0f} MiB" for k in VARIANTS) + ".",

@@ -39,6 +39,19 @@ def test_batch_tokens_counts_what_each_variant_runs():
     t = batch_tokens([_row(10, 0), _row(6, 4)])
     assert (t["pos"], t["neg"], t["pos_sq"], t["neg_sq"], t["nodes"]) == (16, 4, 136, 16, 6)
     assert t["targets"] == 5 + 3  # label positions after the shift
+    assert (t["pos_rows"], t["pos_max"], t["neg_rows"], t["neg_max"]) == (2, 10, 1, 4)
+
+
+def test_padded_flops_count_the_positions_each_lm_plan_runs():
+    from benchmarks.peer_report import padded_step_flops
+
+    per_position = {"decoder": 1.0, "attn_per_position": 0.0, "head": 0.0, "node": 0.0}
+    t = batch_tokens([_row(10, 0), _row(6, 4)])
+    assert padded_step_flops(per_position, t, "sft") == 2 * 10
+    assert padded_step_flops(per_position, t, "magdi", "one") == 3 * 10  # the negative padded to 10
+    assert padded_step_flops(per_position, t, "magdi", "split") == 2 * 10 + 1 * 4
+    no_negative = batch_tokens([_row(10, 0), _row(6, 0)])
+    assert padded_step_flops(per_position, no_negative, "magdi", "one") == 2 * 10
 
 
 def test_checks_pass_for_the_right_rows_and_fail_otherwise():
