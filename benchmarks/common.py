@@ -191,6 +191,18 @@ def make_config(base: str | dict, *, micro: int = 8, stage: int = 2, **model):
     })
 
 
+# The torch.distributed variables of this process's own one-process group (``ensure_dist``).
+DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def child_env() -> dict[str, str]:
+    """This environment without ``DIST_VARS`` and with the checkout importable: a child trainer must
+    not inherit the parent's group (its MASTER_PORT is taken: the parent's store listens on it)."""
+    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
 def ensure_dist(settings: Settings):
     """One-process gloo group (DeepSpeed needs one even at world size 1); idempotent."""
     from magdi_dist.train.dist import init_distributed

@@ -45,7 +45,7 @@ import time
 from itertools import islice
 from pathlib import Path
 
-from benchmarks.common import ROOT, Settings, _git
+from benchmarks.common import ROOT, Settings, _git, child_env
 from benchmarks.peer_report import VARIANTS, checks, flop_constants, summarise
 
 CONFIG = ROOT / "configs" / "smollm2_gsm8k.yaml"
@@ -156,7 +156,7 @@ class Worker:
         self.variant = variant
         self.log = (log_dir / f"{variant}.log").open("w")
         self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.peer_worker", str(spec_file), variant],
-                                     cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     cwd=ROOT, env=child_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.log, text=True, bufsize=1)
         self.msgs: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()

@@ -29,7 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks.common import ROOT, child_env
+
 BASE = {"hidden_size": 2048, "num_hidden_layers": 16, "num_attention_heads": 32, "intermediate_size": 5632,
         "vocab_size": 32000}
 
@@ -134,8 +135,7 @@ def run(steps: int, max_len: int, modes: list[str], base: dict | None = None, pr
     report = {"date": time.strftime("%Y-%m-%d"), "config": config_tree(work / "run", max_len, steps, precision),
               "plan": {k: prediction[k] for k in ("params", "largest_layer_params", "activation_bytes")}
               | {"presets": {n: prediction["presets"][n] for n in ("zero0", "zero3")}}, "modes": {}}
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env = child_env()
     for mode in modes:
         outs = [work / f"{mode}_rank{r}.json" for r in (0, 1)]
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",

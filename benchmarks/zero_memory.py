@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import ROOT, Settings
+from benchmarks.common import ROOT, Settings, child_env
 
 GOAL = 0.55
 CATEGORIES = ("params", "master", "grads", "optimizer", "buffers")
@@ -152,11 +151,7 @@ def run(settings: Settings) -> dict:
     base = "tiny-1m" if settings.quick else "tiny-20m"
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "zero.json"
-        # The parent's own 1-process group variables must not leak into torchrun's workers.
-        dist_vars = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
-        env = {k: v for k, v in os.environ.items() if k not in dist_vars}
-        env = {**env, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-               "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+        env = {**child_env(), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "benchmarks.zero_memory", "--worker", "--base", base, "--tokenizer", str(tok_dir),
                "--out", str(out), "--stages", "0", "1", "2", "3"]

