@@ -157,12 +157,20 @@ def goals(synth: dict, real: dict | None) -> list[dict]:
             "actor / 2 (median of per-repetition fits, micro feature model)", "value": g.get("median", float("nan")),
             "goal": f">= {SPEEDUP_GOAL}x", "met": bool(g) and g["median"] >= SPEEDUP_GOAL}]
     if real:
+        # Per MAG at the largest size, start-up included, not the fit's marginal cost: the real MAGs are
+        # the first N of the teacher files and differ in length, and at the smaller size the actors'
+        # start-up (each loads the model) dominates, so a two-size fit splits the two unreliably
+        # (in the first full run it gave the single process a negative start-up).
+        top = str(real["sizes"][-1])
         for (e, w) in VARIANTS:
-            f = real["fits"][f"{e} x{w}"]["per_mag_ms"]
+            ms = real["points"][f"{e} x{w}"][top]["ms_per_mag"]
             out.append({"id": f"preprocessing_real_{e}{w}", "kind": "ms",
-                        "label": f"SmolLM2-135M frozen features, GSM8K MAGs: marginal ms per MAG, "
-                                 f"{'single process' if e == 'local' else f'Ray, {w} actor(s)'}",
-                        "value": f.get("median"), "goal": "report", "met": None})
+                        "label": f"SmolLM2-135M frozen features, GSM8K MAGs: ms per MAG at {top} MAGs, start-up "
+                                 f"included, {'single process' if e == 'local' else f'Ray, {w} actor(s)'}",
+                        "value": ms.get("median"), "goal": "report", "met": None})
+        sp = real["speedup"][f"wall 2 vs 1 actors at {top}"]
+        out.append({"id": "preprocessing_real_2v1", "label": f"SmolLM2-135M frozen features: wall time at {top} "
+                    "MAGs, 1 Ray actor / 2", "value": sp.get("median"), "goal": "report", "met": None})
     return out
 
 
@@ -185,6 +193,10 @@ def markdown(fig: dict) -> list[str]:
         for n in s["sizes"]:
             cells = [_fmt(s["points"][f"{e} x{w}"][str(n)]["seconds"]) for e, w in VARIANTS]
             out.append(f"| {n} | {' | '.join(cells)} |")
+        if part == "real":
+            out += ["", "The fit below is shown for completeness only: the real MAGs differ in length and at the "
+                    "smaller size the actors' start-up dominates, so two sizes do not separate start-up from "
+                    "marginal cost; the summary table uses the per-MAG cost at the largest size."]
         out += ["", "| variant | start-up (fit) | marginal ms per MAG (fit) |", "|---|---:|---:|"]
         for v, f in s["fits"].items():
             digits = 2 if part == "pipeline" else 0
