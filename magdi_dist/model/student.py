@@ -137,7 +137,7 @@ class MAGDiStudent(nn.Module):
             ran.append(rows)
             pooled_parts.append(pool_hidden(hidden, mask, cfg.pooling))
             num_tokens = num_tokens + mask.sum()  # real tokens of the rows that ran: no padding, no skipped row
-        if ran == [None]:
+        if len(ran) == 1 and ran[0] is None:  # every row, at the batch width
             pooled = pooled_parts[0]
         else:  # back to one row per batch row; a skipped row gets a zero embedding no loss reads
             kept = torch.cat(pooled_parts)

@@ -193,8 +193,8 @@ def train(cfg: MAGDiConfig, data: TrainData, *, resume: bool = True,
     # After the config hash: "auto" resolves by world size, which a resume checks on its own.
     cfg = cfg.model_copy(update={"model": resolve_lm_passes(cfg.model, ds_config, info.world_size)})
     student = MAGDiStudent(cfg.model, tokenizer=tokenizer, feature_dim=data.feature_dim, ds_config=ds_config)
-    log.info("student ready in %.1fs (%d training rows, %d held-out rows, data %s)", time.perf_counter() - t0,
-             len(data.train), len(data.eval), data.fingerprint[:12])
+    log.info("student ready in %.1fs (%d training rows, %d held-out rows, data %s, LM passes: %s)",
+             time.perf_counter() - t0, len(data.train), len(data.eval), data.fingerprint[:12], cfg.model.lm_passes)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     sampler = LengthGroupedSampler(data.lengths(), t.micro_batch_size, info.world_size, info.rank,
                                    seed=t.seed, group=t.length_grouping)
