@@ -12,7 +12,9 @@ logging steps, measured with deepspeed 0.19.8 / transformers 5 / torch 2.13 on C
 * DeepSpeed: its step checks the global grad norm for inf/NaN on the host, to skip an overflowed step
   and to clip: 3 reads at ZeRO-1/2 (``is_invalid_grad_norm``), 1 at ZeRO-3, 0 at ZeRO-0 (torch's
   ``clip_grad_norm_`` stays on the device). Unavoidable without changing DeepSpeed.
-* transformers: 1-2 per forward (``masking_utils``: is the padding mask all ones, so SDPA can drop it).
+* transformers: 1-2 per LM pass (``masking_utils``: is the padding mask all ones, so SDPA can drop it).
+  These runs are single-process, where ``model.lm_passes: auto`` runs positives and negatives as two
+  passes.
 * torch.optim (torch AdamW, the CPU default): one per parameter group (ZeRO-1/2/3, flat groups) or per
   parameter (ZeRO-0): the step counter, which torch keeps on the host (not capturable): no device wait.
 """
@@ -31,8 +33,10 @@ from magdi_dist.train.metrics import StepAccumulator, StepLog
 
 READS = ("item", "__float__", "__int__", "__bool__", "__index__", "tolist")
 
-# Per optimizer step (grad_accum 1: one forward), by caller, the most each library may read.
-LIBRARY_READS = {"deepspeed": {"zero0": 0, "zero1": 3, "zero2": 3, "zero3": 1}, "transformers": 2}
+# Per optimizer step (grad_accum 1: one forward of the student, two LM passes), by caller, the most
+# each library may read.
+LM_PASSES = 2
+LIBRARY_READS = {"deepspeed": {"zero0": 0, "zero1": 3, "zero2": 3, "zero3": 1}, "transformers": 2 * LM_PASSES}
 
 
 class CountReads:
