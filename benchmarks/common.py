@@ -96,6 +96,11 @@ def _git(*args: str) -> str:
         return ""
 
 
+def commit_id() -> str:
+    """The checkout's short commit, "+dirty" with uncommitted changes (what a figure was measured on)."""
+    return _git("rev-parse", "--short", "HEAD") + ("+dirty" if _git("status", "--porcelain") else "")
+
+
 def machine_info(settings: Settings) -> dict:
     import torch
 

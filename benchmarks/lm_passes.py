@@ -24,7 +24,7 @@ import os
 import time
 from pathlib import Path
 
-from benchmarks.common import RESULTS_DIR, Settings, _git, median, set_threads
+from benchmarks.common import RESULTS_DIR, Settings, commit_id, median, set_threads
 
 ORDER = ("sft", "one", "split")
 
@@ -36,7 +36,6 @@ def run(settings: Settings, reps: int) -> dict:
     from magdi_dist.config import load_config
     from magdi_dist.data.shards import load_train_data
     from magdi_dist.model import MAGDiStudent
-    from magdi_dist.model.student import LM_ROWS, lm_rows
     from magdi_dist.train.loop import _collate
 
     spec = plan(settings, settings.workdir / ("lm_passes-quick" if settings.quick else "peers"))
@@ -47,7 +46,7 @@ def run(settings: Settings, reps: int) -> dict:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(data.tokenizer)
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad_id = spec["peer"]["pad_id"]  # as the training loop pads
     students = {"magdi": MAGDiStudent(cfgs["one"].model, tokenizer=tok, feature_dim=data.feature_dim).train()}
     students["sft"] = MAGDiStudent(cfgs["sft"].model, lm=students["magdi"].lm, feature_dim=data.feature_dim).train()
     batches = spec["batches"][spec["warmup"]:]
@@ -59,8 +58,7 @@ def run(settings: Settings, reps: int) -> dict:
             order = ORDER if k % 2 == 0 else tuple(reversed(ORDER))
             k += 1
             for name in order:
-                batch = _collate(cfgs[name], rows, pad_id, 0, torch.device("cpu"))
-                batch[LM_ROWS] = lm_rows(cfgs[name].model, batch)
+                batch = _collate(cfgs[name], rows, pad_id, 0, torch.device("cpu"))  # with its LM pass plan
                 student = students["sft" if name == "sft" else "magdi"]
                 torch.manual_seed(0)  # the same LoRA dropout masks where the rows are the same
                 c = time.process_time()
@@ -73,7 +71,7 @@ def run(settings: Settings, reps: int) -> dict:
         return {"value": sum(cpu[a]) / sum(cpu[b]), "paired_median": median(rs), "min": min(rs), "max": max(rs)}
 
     return {"figure": "lm_passes", "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "commit": _git("rev-parse", "--short", "HEAD") + ("+dirty" if _git("status", "--porcelain") else ""),
+            "commit": commit_id(),
             "what": f"{spec['student']} LoRA, the peer figure's {len(batches)} timed micro-batches x {reps}, forward + "
                     f"backward, {settings.threads} thread(s), CPU time",
             "cpu_s_total": {n: sum(v) for n, v in cpu.items()},

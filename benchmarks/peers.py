@@ -45,7 +45,7 @@ import time
 from itertools import islice
 from pathlib import Path
 
-from benchmarks.common import ROOT, Settings, _git, child_env
+from benchmarks.common import ROOT, Settings, child_env, commit_id
 from benchmarks.peer_report import VARIANTS, checks, flop_constants, summarise
 
 CONFIG = ROOT / "configs" / "smollm2_gsm8k.yaml"
@@ -296,7 +296,7 @@ def run(settings: Settings) -> dict:
                                "mfu_bench": v[k]["mfu_bench"], "mfu_logged": v[k]["mfu_logged"],
                                "flops_logged_vs_bench": v[k].get("flops_logged_vs_bench")} for k in VARIANTS},
         "ratios": res["ratio"], "peak_gflops": spec["peak_flops"] / 1e9, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "commit": _git("rev-parse", "--short", "HEAD") + ("+dirty" if _git("status", "--porcelain") else ""),
+        "commit": commit_id(),
         "loadavg": list(os.getloadavg()),
     }
 
