@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     from magdi_dist.preprocess.prepare import prepare_data
 
     cfg = or_exit(lambda: with_durable_outputs(load_config(args.config, args.overrides), args.storage))
-    print(f"manifest: {prepare_data(cfg, engine='ray', address=args.address).manifest}", flush=True)
+    report = or_exit(lambda: prepare_data(cfg, engine="ray", address=args.address))
+    print(f"manifest: {report.manifest}", flush=True)
     return 0
 
 

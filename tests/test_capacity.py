@@ -20,11 +20,11 @@ from typer.testing import CliRunner
 from magdi_dist.cli import app
 from magdi_dist.config import ConfigError, LoraSpec, StudentConfig, config_from_dict, config_hash
 from magdi_dist.launch.plan import GiB, Layout, activation_bytes, deepspeed_states, host_memory, preset_layout
+from magdi_dist.launch.resolve import resolve_run
 from magdi_dist.model import MAGDiStudent, load_lm
 from magdi_dist.model.forward import lm_forward
 from magdi_dist.model.losses import ntp_loss
 from magdi_dist.model.shapes import student_shape
-from magdi_dist.recipes.train import preflight
 
 SPEC = {"hidden_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
         "intermediate_size": 160}
@@ -196,7 +196,11 @@ def test_train_refuses_a_run_that_cannot_fit_before_any_rank_starts(tmp_path):
 
 def test_skip_memory_check_lets_preflight_pass(tmp_path):
     tree = _too_big_for_zero0(tmp_path)
+
+    def resolve():
+        return resolve_run(config_from_dict(tree), world_size=2, accelerator="cpu", resume=True, check_memory=True)
+
     with pytest.raises(ConfigError, match="train.deepspeed=zero1"):
-        preflight(config_from_dict(tree), world_size=2, resume=False)
+        resolve()
     tree["train"]["skip_memory_check"] = True
-    preflight(config_from_dict(tree), world_size=2, resume=False)
+    resolve()

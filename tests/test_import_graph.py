@@ -14,7 +14,8 @@ PACKAGE = ROOT / "magdi_dist"
 
 # Lower layers never import higher ones, nor packages of their own layer (siblings stay independent).
 LAYERS = [
-    ["config"],
+    ["config", "cli_options"],  # cli_options: Typer options from a config model (imports nothing of ours)
+    ["run_spec"],  # the resolved run: plain data over the config, read by train/, built by launch/
     ["mag", "model"],
     ["data", "track"],
     ["preprocess", "train", "eval"],
@@ -53,7 +54,7 @@ def module_file(name: str) -> Path | None:
 
 GRAPH = {module_name(p): {m for m in imports(p) if module_file(m)} for p in PACKAGE.rglob("*.py")}
 BENCHMARKS = {module_name(p): {m for m in imports(p, "benchmarks") if module_file(m)}
-              for p in (ROOT / "benchmarks").glob("*.py")}
+              for p in (ROOT / "benchmarks").rglob("*.py")}  # the experiments/ subfolder too
 
 
 def top(module: str) -> str:

@@ -206,17 +206,14 @@ def test_max_mags_takes_the_first_mags_of_the_sorted_inputs(tmp_path, shared_dat
     assert prepare_data(cfg).processed == [] and subset.stat().st_mtime_ns == stamp  # cut once
 
 
-def test_a_ray_worker_takes_relative_input_paths_from_the_driver(tmp_path, shared_data, monkeypatch):
-    """Ray Train workers run in their own working dir: the config the driver validated (relative
-    teacher paths included) must validate there too, as ranks read only shards."""
-    from pydantic import ValidationError
-
-    from magdi_dist.launch.ray_train import worker_config
-
+def test_teacher_files_are_checked_where_they_are_read_not_where_a_config_loads(tmp_path, shared_data, monkeypatch):
+    """A config loads anywhere (a capacity plan, a rank, a Ray worker never read teacher files); the
+    preparation that reads them names the key and the file when one is missing, before writing."""
     monkeypatch.chdir(shared_data.parent)
-    cfg = load_config(None, ["data.paths=[data/mag/magdi_layout/GSM8k_gpt4o_round_2.json]"])
-    monkeypatch.chdir(tmp_path)  # the worker's cwd
-    tree = cfg.model_dump(mode="json")
-    with pytest.raises(ValidationError, match="data file not found"):
-        type(cfg).model_validate(tree)
-    assert worker_config(tree) == cfg
+    rel = "data/mag/magdi_layout/GSM8k_gpt4o_round_2.json"
+    cfg = load_config(None, [f"data.paths=[{rel}]", f"train.output_dir={tmp_path / 'run'}"])
+    monkeypatch.chdir(tmp_path)  # another working dir: the relative path names nothing here
+    assert type(cfg).model_validate(cfg.model_dump(mode="json")) == cfg
+    with pytest.raises(ConfigError, match=f"data.paths: data file not found: {rel}"):
+        prepare_data(cfg)
+    assert not (tmp_path / "run").exists()

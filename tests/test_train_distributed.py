@@ -13,7 +13,8 @@ from launchers import assert_same_run, deepspeed_launcher, losses, torchrun, tra
 from safetensors.torch import load_file
 
 from magdi_dist.config import config_hash, load_config
-from magdi_dist.recipes.train import load, preflight
+from magdi_dist.launch.resolve import resolve_run
+from magdi_dist.recipes.train import load
 from magdi_dist.train.checkpoint import CheckpointMismatch, latest_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -106,15 +107,24 @@ def test_rerun_of_a_finished_run_reports_its_export_and_keeps_it(resumed, work):
     assert not any(r.get("step", 0) > 6 for r in train_records(resumed))
 
 
-def test_resume_refuses_a_different_config_or_world_size(resumed, work):
+def test_resume_refuses_a_different_config_or_world_size(resumed, work, tmp_path):
     _, cfg = work
     args = [f"train.output_dir={resumed}", "train.deepspeed=zero2"]
-    preflight(load(cfg, args), world_size=2, resume=True)  # the same config passes
+
+    def resolve(overrides, world_size=2, resume=True):
+        return resolve_run(load(cfg, overrides), world_size=world_size, accelerator="cpu", resume=resume)
+
+    spec = resolve(args)  # the same config passes, and names the checkpoint it resumes from
+    assert spec.resume_from == str(latest_checkpoint(resumed))
     with pytest.raises(CheckpointMismatch, match="config hash"):
-        preflight(load(cfg, [*args, "train.lr=0.01"]), world_size=2, resume=True)
+        resolve([*args, "train.lr=0.01"])
     with pytest.raises(CheckpointMismatch, match="world size 2"):
-        preflight(load(cfg, args), world_size=1, resume=True)
-    preflight(load(cfg, [*args, "train.lr=0.01"]), world_size=2, resume=False)  # --no-resume starts over
+        resolve(args, world_size=1)
+    # --no-resume starts over: no refusal, and the old checkpoints are gone (on a copy of the run).
+    copy = tmp_path / "copy"
+    shutil.copytree(resumed / "checkpoints", copy / "checkpoints")
+    spec = resolve([f"train.output_dir={copy}", "train.deepspeed=zero2", "train.lr=0.01"], resume=False)
+    assert spec.resume_from is None and not (copy / "checkpoints").exists()
 
 
 def test_zero3_export_loads_and_generates(stage_runs):

@@ -27,6 +27,7 @@ from typing import Literal
 
 from magdi_dist.config import DS_PRESETS, ConfigError, MAGDiConfig
 from magdi_dist.model.shapes import StudentShape
+from magdi_dist.run_spec import RunSpec
 
 GiB = 2**30
 
@@ -256,22 +257,13 @@ def plan(cfg: MAGDiConfig, hw: Hardware, shape: StudentShape | None = None) -> d
     }
 
 
-def check_fits(cfg: MAGDiConfig, world_size: int) -> None:
-    """Pre-flight: a local run (``world_size`` ranks on this machine) that the plan says cannot fit
-    stops with a ConfigError naming the numbers and the presets that would fit. A model whose shape
-    cannot be read here (an uncached hub id) is not checked: a warning says so."""
-    import sys
-
-    from magdi_dist.model.shapes import ShapeError, config_shape
-    from magdi_dist.train.engine import build_ds_config
-
-    try:
-        shape = config_shape(cfg)
-    except ShapeError as err:
-        print(f"warning: memory check skipped: {err}", file=sys.stderr)
-        return
+def check_fits(spec: RunSpec, shape: StudentShape) -> None:
+    """Pre-flight: a local run (``spec.world_size`` ranks on this machine) that the plan says cannot
+    fit stops with a ConfigError naming the numbers and the presets that would fit. It plans the
+    resolved run's own DeepSpeed config and shape (launch/resolve.py), built once."""
+    cfg, world_size = spec.config, spec.world_size
     hw = this_machine(world_size)
-    layout = Layout.of(build_ds_config(cfg, world_size, "cuda" if hw.kind == "gpu" else "cpu")[0])
+    layout = Layout.of(spec.ds_config)
     result = plan(cfg, hw, shape)
     mine = next((n for n in DS_PRESETS if preset_layout(n) == layout), None)
     entry = result["presets"][mine] if mine else _entry(layout, shape, result["activation_bytes"], hw,

@@ -1,12 +1,16 @@
-"""``python -m magdi_dist.launch.rank --config FILE [key=value ...]``: the per-rank entry point.
+"""``python -m magdi_dist.launch.rank --run-file RUN.json`` (or ``--config FILE [key=value ...]``): the
+per-rank entry point.
 
-Rank 0 brings the shards up to date (``preprocess.prepare_data``, in-process) while the other ranks
-wait at a barrier; then every rank reads them and trains. Under ``magdi-dist train`` the driver has
-prepared already, so rank 0 only finds "nothing to do". Launchers that work on CPU (checked with
-deepspeed 0.19.8, torch 2.13):
+``--run-file``: the resolved run a driver wrote (``<output_dir>/run.json``, launch/resolve.py); every rank
+reads it and trains. This is what ``magdi-dist train --nproc-per-node N`` starts under torchrun after
+it has resolved the run and prepared the shards.
 
-* ``torchrun --standalone --nproc_per_node 2 -m magdi_dist.launch.rank --config ...``
-  (this is what ``magdi-dist train --nproc-per-node 2`` runs after validating and preparing);
+``--config``: no driver ran. Rank 0 is the driver: it resolves the run (checks, resume decision),
+brings the shards up to date (``preprocess.prepare_data``, in-process) and writes run.json while the
+other ranks wait at a barrier; then every rank reads that file. Launchers that work on CPU (checked
+with deepspeed 0.19.8, torch 2.13):
+
+* ``torchrun --standalone --nproc_per_node 2 -m magdi_dist.launch.rank --config ...``;
 * ``deepspeed --num_gpus 2 --module magdi_dist.launch.rank --config ...`` with DS_ACCELERATOR=cpu (or
   no GPU): on CPU ``--num_gpus`` means local ranks; the ``--local_rank=N`` it appends is accepted and
   ignored (LOCAL_RANK comes from the environment). It sets LOCAL_SIZE, not LOCAL_WORLD_SIZE; dist.py
@@ -26,27 +30,49 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from magdi_dist.config import load_config, or_exit, with_durable_outputs
+    from magdi_dist.config import ConfigError, load_config, or_exit, with_durable_outputs
 
     parser = argparse.ArgumentParser(prog="python -m magdi_dist.launch.rank")
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    # Not --run: torchrun parses abbreviations after the script too, and takes it for its --run-path.
+    source.add_argument("--run-file", help="run.json a driver wrote (launch/resolve.py).")
+    source.add_argument("--config", help="Run config YAML: rank 0 resolves the run and prepares the data.")
+    parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                        help="With --config: resume from the newest complete checkpoint (--no-resume deletes them).")
     parser.add_argument("--storage", default=None, help="Root for relative output paths (or $MAGDI_STORAGE).")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("overrides", nargs="*", help="key.sub=value")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value (with --config)")
     args = parser.parse_args(argv)
-    cfg = or_exit(lambda: with_durable_outputs(load_config(args.config, args.overrides), args.storage))
+    if args.run_file and args.overrides:
+        parser.error("overrides go to the driver that resolves the run, not to --run-file")
+    cfg = None if args.run_file else or_exit(lambda: with_durable_outputs(load_config(args.config, args.overrides),
+                                                                     args.storage))
 
     from magdi_dist.data.shards import load_train_data
-    from magdi_dist.preprocess.prepare import prepare_data, shards_dir
+    from magdi_dist.run_spec import RUN_FILE, read_run
+    from magdi_dist.train.checkpoint import CheckpointMismatch
     from magdi_dist.train.dist import barrier, init_distributed
     from magdi_dist.train.loop import train
 
     info = init_distributed()
-    if info.is_main:
-        prepare_data(cfg, engine="local")
-    barrier()
-    result = train(cfg, load_train_data(shards_dir(cfg)), resume=args.resume)
+    run_file = args.run_file
+    if cfg is not None:
+        from pathlib import Path
+
+        run_file = str(Path(cfg.train.output_dir) / RUN_FILE)
+        if info.is_main:
+            from magdi_dist.launch.resolve import prepare_and_publish, resolve_run
+
+            try:
+                spec = resolve_run(cfg, world_size=info.world_size, accelerator=info.accelerator,
+                                   resume=args.resume, check_memory=False)
+            except (ConfigError, CheckpointMismatch) as err:  # torchrun stops the others when this one exits
+                print(f"error: {err}", file=sys.stderr)
+                return 2
+            prepare_and_publish(spec)
+        barrier()
+    spec = read_run(run_file)
+    result = train(spec, load_train_data(spec.data.manifest))
     if info.is_main:  # the line magdi-dist train prints for one rank
         print(f"trained to step {result.step}/{result.total_steps}; export {result.export_dir}", flush=True)
     return 0

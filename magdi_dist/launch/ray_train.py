@@ -1,5 +1,6 @@
-"""Ray Train launcher: N workers, each a DeepSpeed engine running ``train.loop.train`` on the config's
-Parquet shards, restarted from the newest complete checkpoint when a worker dies.
+"""Ray Train launcher: N workers, each a DeepSpeed engine running ``train.loop.train`` on the resolved
+run (launch/resolve.py) and its Parquet shards, restarted from the newest complete checkpoint when a
+worker dies.
 
 How the pieces meet:
 
@@ -26,8 +27,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from magdi_dist.config import CHECK_FILES, MAGDiConfig
+from magdi_dist.config import MAGDiConfig
 from magdi_dist.preprocess.pipeline import Log, print_log
+from magdi_dist.run_spec import RunSpec
 
 if TYPE_CHECKING:  # the loop imports torch and DeepSpeed; the driver only needs the type
     from magdi_dist.train.loop import CheckpointCallback
@@ -68,34 +70,29 @@ def _mlflow_callback(tracking: dict | None, rank: int):
     return MetricsLogger(tracking["uri"], tracking["run_id"], rank=rank, flush_every=20)
 
 
-def worker_config(tree: dict[str, Any]) -> MAGDiConfig:
-    """The driver's config, validated again on a worker. Ranks read shards, never teacher files: the
-    driver checked those, and relative input paths name files in the driver's working dir, which a Ray
-    worker's is not."""
-    return MAGDiConfig.model_validate(tree, context={CHECK_FILES: False})
-
-
 def train_worker(config: dict[str, Any]) -> dict[str, Any]:
-    """What every Ray Train worker runs: shard rows in, the loop, a summary out (rank 0's is kept)."""
+    """What every Ray Train worker runs: the resolved run's shard rows, the loop, a summary out (rank
+    0's is kept). The run arrives as the driver's ``RunSpec`` object: nothing is re-validated or
+    re-derived here, and no file on the driver's disk is read."""
     import ray.train
 
     from magdi_dist.data.shards import load_train_data
     from magdi_dist.train import checkpoint
     from magdi_dist.train.loop import train
 
-    cfg = worker_config(config["config"])
+    spec: RunSpec = config["run"]
     ctx = ray.train.get_context()
     previous = ray.train.get_checkpoint()
-    resumed = checkpoint.latest_checkpoint(cfg.train.output_dir) is not None
+    resumed = checkpoint.latest_checkpoint(spec.output_dir) is not None
     print(f"[launch] rank {ctx.get_world_rank()}/{ctx.get_world_size()} pid {os.getpid()}; "
           f"{'resuming' if resumed else 'starting'} (Ray's last checkpoint: "
           f"{previous.path if previous else None})", flush=True)
-    data = load_train_data(config["manifest"])
+    data = load_train_data(spec.data.manifest)
     logger = _mlflow_callback(config.get("tracking"), ctx.get_world_rank())
     try:
-        # A restart after a failure always resumes, whatever the first attempt was told.
-        result = train(cfg, data, resume=config["resume"] or previous is not None, metrics_callback=logger,
-                       on_checkpoint=report_to_ray(config.get("on_checkpoint")))
+        # A restart after a failure resumes from the newest complete checkpoint: the driver removed
+        # older runs' checkpoints for --no-resume, so every one there is this run's.
+        result = train(spec, data, metrics_callback=logger, on_checkpoint=report_to_ray(config.get("on_checkpoint")))
     finally:
         if logger is not None:
             logger.close()  # flush the buffered steps, also when training fails
@@ -137,7 +134,7 @@ def train_on_ray(
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from magdi_dist.config import with_durable_outputs
-    from magdi_dist.preprocess.prepare import prepare_data
+    from magdi_dist.launch.resolve import prepare_and_publish, resolve_run
     from magdi_dist.preprocess.session import ray_session
 
     # Every worker and every restart must find the same directory, whatever its working directory.
@@ -145,15 +142,16 @@ def train_on_ray(
     out = Path(cfg.train.output_dir)
     log(f"outputs: {out}")
     with ray_session(address, num_cpus=max(os.cpu_count() or 1, int(num_workers * cpus_per_worker) + 1)):
-        manifest = prepare_data(cfg, engine="ray", log=log).manifest
         gpu = gpus_available() if use_gpu is None else use_gpu
+        # Resolved for the cluster's devices; their memory is planned with `magdi-dist plan`, not here.
+        spec = resolve_run(cfg, world_size=num_workers, accelerator="cuda" if gpu else "cpu", resume=resume)
+        spec = prepare_and_publish(spec, engine="ray", log=log)
         resources = {"CPU": cpus_per_worker, **({"GPU": 1} if gpu else {})}
         log(f"train: {num_workers} Ray Train worker(s), {'GPU' if gpu else 'CPU'} ({resources}), "
             f"max_failures={max_failures}, output {out}")
         trainer = TorchTrainer(
             train_worker,
-            train_loop_config={"config": cfg.model_dump(mode="json"), "manifest": str(manifest), "resume": resume,
-                               "tracking": tracking, "on_checkpoint": on_checkpoint},
+            train_loop_config={"run": spec, "tracking": tracking, "on_checkpoint": on_checkpoint},
             scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=gpu, resources_per_worker=resources),
             torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
             run_config=RunConfig(

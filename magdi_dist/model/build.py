@@ -146,16 +146,3 @@ def non_embedding_params(lm: torch.nn.Module) -> int:
     skip = {id(emb)} | ({id(out.weight)} if out is not None else set())
     # Under DeepSpeed ZeRO-3 a parameter is a partitioned stub (numel 0); ds_numel is its full size.
     return sum(getattr(p, "ds_numel", p.numel()) for i, p in seen.items() if i not in skip)
-
-
-def lm_hidden_size(spec: str | dict[str, Any], *, tokenizer=None, vocab_size: int | None = None,
-                   trust_remote_code: bool = False) -> int:
-    """The LM's hidden size from its config alone: the ZeRO-3 bucket sizes (train/engine.py) are needed
-    before the model exists, since the model is built inside ``zero.Init`` with that config."""
-    if is_tiny_spec(spec):
-        vocab = len(tokenizer) if tokenizer is not None else (vocab_size or 1)
-        return int(tiny_config(spec, vocab, {}).hidden_size)
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(str(checkpoint_dir(spec)), trust_remote_code=trust_remote_code)
-    return int(getattr(config, "hidden_size", None) or config.get_text_config().hidden_size)

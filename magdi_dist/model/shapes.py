@@ -8,7 +8,9 @@ ids need their config.json (cached, or the network); a dict of LlamaConfig field
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -46,10 +48,26 @@ class StudentShape:
         return self.params - self.trainable_params
 
 
+# config.json of the hub models the shipped configs name (architecture fields only; Apache-2.0 /
+# Llama 3.2 community licence releases): a capacity plan needs a shape, not a download, so it runs on
+# a machine that cannot reach the hub. Training still loads the model itself from the hub.
+HUB_CONFIGS = Path(__file__).resolve().parent / "hub_configs"
+
+
+def shipped_hub_config(spec: str) -> Path | None:
+    path = HUB_CONFIGS / f"{spec.replace('/', '--')}.json"
+    return path if "/" in spec and not Path(spec).exists() and path.is_file() else None
+
+
 def _lm_config(spec: str | dict[str, Any], vocab_size: int, trust_remote_code: bool):
     if is_tiny_spec(spec):
         return tiny_config(spec, vocab_size, {})
     from transformers import AutoConfig
+
+    shipped = shipped_hub_config(spec)
+    if shipped is not None:
+        fields = json.loads(shipped.read_text())
+        return AutoConfig.for_model(fields.pop("model_type"), **fields)
 
     from magdi_dist.model.sources import checkpoint_dir
 
@@ -130,7 +148,10 @@ def _feature_dim(cfg: MAGDiConfig, vocab_size: int) -> int | None:
 
 def plan_vocab_size(cfg: MAGDiConfig) -> int:
     """The vocabulary a tiny / dict LM gets: the trained tokenizer's target size, else the named
-    tokenizer's length (read from its files, no model)."""
+    tokenizer's length (read from its files, no model). A hub model has its own: nothing is read."""
+    tiny = [s for s in (cfg.model.base, cfg.model.feature_model) if s is not None and is_tiny_spec(s)]
+    if not tiny:
+        return 0
     if cfg.data.tokenizer == "train":
         return cfg.data.vocab_size
     from transformers import AutoTokenizer

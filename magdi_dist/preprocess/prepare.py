@@ -13,7 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
-from magdi_dist.config import MAGDiConfig, PreprocessConfig
+from magdi_dist.config import ConfigError, MAGDiConfig, PreprocessConfig
 from magdi_dist.model.sources import checkpoint_dir
 from magdi_dist.preprocess.featurize import FeatureSpec, feature_spec_from_config
 from magdi_dist.preprocess.fingerprint import sha256_file, sha256_json
@@ -26,6 +26,14 @@ TOKENIZER_STAMP = "magdi_tokenizer_stamp"  # what the tokenizer was trained on; 
 
 def shards_dir(cfg: MAGDiConfig) -> Path:
     return Path(cfg.preprocess.out_dir or Path(cfg.train.output_dir) / "shards")
+
+
+def check_inputs(cfg: MAGDiConfig) -> None:
+    """Every teacher file of ``data.paths`` exists here, or a ConfigError names the key and the files
+    (before anything is written)."""
+    missing = [p for p in cfg.data.paths if not Path(p).is_file()]
+    if missing:
+        raise ConfigError(f"data.paths: data file not found: {', '.join(missing)}")
 
 
 def resolve(cfg: MAGDiConfig) -> tuple[PreprocessConfig, FeatureSpec]:
@@ -154,6 +162,7 @@ def prepare_data(cfg: MAGDiConfig, *, engine: str = "local", address: str | None
     the cluster at ``address`` / ``RAY_ADDRESS``, else an embedded one); both write the same bytes.
     Call it from one process: concurrent calls are safe (atomic writes) but duplicate work.
     """
+    check_inputs(cfg)
     pre, spec = resolve(cfg)
     if not cfg.data.paths and not cfg.preprocess.inputs:
         path = Path(pre.inputs[0])

@@ -147,10 +147,10 @@ def restore(engine, ckpt: Path, rank: int) -> dict:
     return read_state(ckpt)
 
 
-def clear(output_dir: str | Path, rank: int) -> None:
-    """--no-resume: drop old checkpoints so keep_last_k and a later resume only see this run's."""
+def clear(output_dir: str | Path) -> None:
+    """--no-resume: drop old checkpoints so keep_last_k and a later resume only see this run's. Run by
+    the driver that resolves the run (launch/resolve.py), once, before any rank starts."""
     root = ckpt_root(output_dir)
-    if rank == 0 and root.exists():
+    if root.exists():
         log.warning("--no-resume: deleting existing checkpoints in %s", root)
         shutil.rmtree(root)
-    barrier()

@@ -178,12 +178,6 @@ def build_ds_config(cfg: MAGDiConfig, world_size: int, accelerator: str,
     return ds_config, choice
 
 
-def _hidden_size(model: torch.nn.Module) -> int | None:
-    """The LM's hidden size: MAGDiStudent exposes it, a bare transformers model has it in its config."""
-    hidden = getattr(model, "hidden_size", None) or getattr(getattr(model, "config", None), "hidden_size", None)
-    return int(hidden) if hidden else None
-
-
 def engine_config(cfg: MAGDiConfig, world_size: int, accelerator: str,
                   hidden_size: int | None) -> tuple[dict, str]:
     """(DeepSpeed config ready for ``deepspeed.initialize`` / ``zero.Init``, optimizer choice)."""
@@ -194,27 +188,22 @@ def engine_config(cfg: MAGDiConfig, world_size: int, accelerator: str,
     return ds_config, choice
 
 
-def initialize(model: torch.nn.Module, cfg: MAGDiConfig, world_size: int, accelerator: str,
-               total_steps: int, ds_config: dict | None = None):
-    """(engine, ds_config). ``model`` is built on the host (or already partitioned under ZeRO-3's
-    ``zero.Init`` with ``ds_config``, which must then be the config it was built with); DeepSpeed
-    moves it and partitions what is not partitioned yet."""
+def initialize(model: torch.nn.Module, train: TrainConfig, total_steps: int, ds_config: dict, optimizer: str):
+    """(engine, ds_config) for ``ds_config`` and ``optimizer`` as ``engine_config`` made them (on a
+    rank: the resolved run's). ``model`` is built on the host, or already partitioned under ZeRO-3's
+    ``zero.Init`` with this same ``ds_config``; DeepSpeed moves it and partitions what is not yet."""
     import deepspeed
 
-    choice = resolve_optimizer_choice(cfg.train.optimizer, accelerator)
-    if ds_config is None:
-        ds_config, choice = engine_config(cfg, world_size, accelerator, _hidden_size(model))
-    train = cfg.train
-    optimizer = None
+    client = None
     groups = param_groups(model, train.weight_decay)
-    if choice == "torch_adamw":
+    if optimizer == "torch_adamw":
         # foreach=False: the single-tensor loop is deterministic and the same code path on every rank.
-        optimizer = torch.optim.AdamW(groups, lr=train.lr, betas=tuple(train.betas), eps=train.eps,
-                                      weight_decay=train.weight_decay, foreach=False)
+        client = torch.optim.AdamW(groups, lr=train.lr, betas=tuple(train.betas), eps=train.eps,
+                                   weight_decay=train.weight_decay, foreach=False)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
-        model_parameters=groups if optimizer is None else None,
-        optimizer=optimizer,
+        model_parameters=groups if client is None else None,
+        optimizer=client,
         lr_scheduler=build_scheduler(train, total_steps),
         config=ds_config,
     )

@@ -26,8 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from magdi_dist.config import MAGDiConfig, config_hash
+from magdi_dist.config import MAGDiConfig
 from magdi_dist.data.shards import TrainData
+from magdi_dist.run_spec import RunSpec
 from magdi_dist.train import checkpoint
 from magdi_dist.train.dist import DistInfo, barrier, init_distributed
 from magdi_dist.train.metrics import MetricsCallback, MetricsWriter, StepAccumulator, StepLog, measure_peak_flops
@@ -64,13 +65,6 @@ def _setup_logging(info: DistInfo) -> None:
     from deepspeed.utils import logger as ds_logger
 
     ds_logger.setLevel(logging.WARNING)  # DeepSpeed's per-step INFO lines drown ours
-
-
-def _write_resolved(cfg: MAGDiConfig, out: Path, cfg_hash: str) -> None:
-    text = f"# resolved config, config_hash {cfg_hash}\n" + cfg.to_yaml()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "resolved_config.yaml").write_text(text)
-    print(text, flush=True)
 
 
 class _Flops:
@@ -139,6 +133,19 @@ def evaluate(engine, cfg: MAGDiConfig, rows, pad_id: int, info: DistInfo) -> dic
             "eval_target_tokens": targets}
 
 
+def _check_spec(spec: RunSpec, data: TrainData, info: DistInfo) -> None:
+    """The launcher started the ranks the spec was resolved for, on the shards it was resolved with
+    (shards rewritten since, e.g. by a preparation with other inputs, would train on other rows)."""
+    if spec.data is None:
+        raise ValueError("the run spec has no prepared data (launch.resolve.with_data)")
+    if (info.world_size, info.accelerator) != (spec.world_size, spec.accelerator):
+        raise ValueError(f"this rank runs in a group of {info.world_size} on {info.accelerator}, the run was "
+                         f"resolved for {spec.world_size} on {spec.accelerator}")
+    if data.fingerprint != spec.data.fingerprint:
+        raise ValueError(f"the shards at {spec.data.manifest} changed after the run was resolved "
+                         f"(fingerprint {data.fingerprint[:12]}, resolved {spec.data.fingerprint[:12]})")
+
+
 def _grad_norm_stage0(engine) -> torch.Tensor | float:
     """DeepSpeed reports no grad norm at stage 0 in fp32 (it clips with torch's clip_grad_norm_ and
     drops the value), so take it from the all-reduced gradients before the step: the same number, left
@@ -147,52 +154,33 @@ def _grad_norm_stage0(engine) -> torch.Tensor | float:
     return torch.nn.utils.get_total_norm(grads) if grads else 0.0
 
 
-def _check_split(cfg: MAGDiConfig, data: TrainData) -> None:
-    """The rows' held-out split must be the one this config asks for (a manifest from another run's
-    preparation would silently evaluate on other questions)."""
-    if data.split is None:
-        return
-    want = (cfg.data.eval_fraction, cfg.data.split_seed)
-    got = (data.split["eval_fraction"], data.split["seed"])
-    if got != want:
-        raise ValueError(f"the shards hold out questions with (eval_fraction, seed) = {got}, this config asks "
-                         f"for {want}: prepare the data with this config first (magdi-dist preprocess)")
-
-
-def train(cfg: MAGDiConfig, data: TrainData, *, resume: bool = True,
-          metrics_callback: MetricsCallback | None = None,
+def train(spec: RunSpec, data: TrainData, *, metrics_callback: MetricsCallback | None = None,
           on_checkpoint: CheckpointCallback | None = None) -> TrainResult:
-    """Train on this rank, on ``data`` (``data.shards.load_train_data`` of the prepared manifest)."""
+    """Train on this rank, as the resolved run ``spec`` says (launch/resolve.py), on ``data``
+    (``data.shards.load_train_data`` of ``spec.data.manifest``). The DeepSpeed config, the optimizer,
+    ``lm_passes`` and the resume decision are the spec's: nothing here works them out again. A
+    complete checkpoint in the output dir is resumed from (a ``--no-resume`` driver deleted the old
+    ones; a restarted group finds its own)."""
     from tqdm.auto import tqdm
     from transformers import AutoTokenizer
 
     from magdi_dist.model import MAGDiStudent
-    from magdi_dist.model.build import lm_hidden_size
-    from magdi_dist.model.student import resolve_lm_passes
-    from magdi_dist.train.engine import engine_config, initialize
+    from magdi_dist.train.engine import initialize
     from magdi_dist.train.export import export
 
     info = init_distributed()
     _setup_logging(info)
+    _check_spec(spec, data, info)
+    cfg, cfg_hash = spec.config, spec.config_hash
     t = cfg.train
     out = Path(t.output_dir)
-    cfg_hash = config_hash(cfg)
-    if info.is_main:
-        _write_resolved(cfg, out, cfg_hash)
-    barrier()
-    if not resume:
-        checkpoint.clear(out, info.rank)
-    resume_state = checkpoint.check_resumable(out, cfg_hash, info.world_size) if resume else None
+    latest = checkpoint.latest_checkpoint(out)
+    resume_state = checkpoint.read_state(latest) if latest is not None else None
 
-    _check_split(cfg, data)
     t0 = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(data.tokenizer)
-    # The DeepSpeed config comes first: under ZeRO-3 the student is built already partitioned with it.
-    ds_config, _ = engine_config(cfg, info.world_size, info.accelerator, lm_hidden_size(
-        cfg.model.base, tokenizer=tokenizer, trust_remote_code=cfg.model.trust_remote_code))
-    # After the config hash: "auto" resolves by world size, which a resume checks on its own.
-    cfg = cfg.model_copy(update={"model": resolve_lm_passes(cfg.model, ds_config, info.world_size)})
-    student = MAGDiStudent(cfg.model, tokenizer=tokenizer, feature_dim=data.feature_dim, ds_config=ds_config)
+    # Under ZeRO-3 the student is built already partitioned, with the run's DeepSpeed config.
+    student = MAGDiStudent(cfg.model, tokenizer=tokenizer, feature_dim=data.feature_dim, ds_config=spec.ds_config)
     log.info("student ready in %.1fs (%d training rows, %d held-out rows, data %s, LM passes: %s)",
              time.perf_counter() - t0, len(data.train), len(data.eval), data.fingerprint[:12], cfg.model.lm_passes)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -205,16 +193,15 @@ def train(cfg: MAGDiConfig, data: TrainData, *, resume: bool = True,
     peak = t.peak_flops or measure_peak_flops(info.device)
 
     t0 = time.perf_counter()
-    engine, _ = initialize(student, cfg, info.world_size, info.accelerator, total_steps, ds_config)
+    engine, _ = initialize(student, t, total_steps, spec.ds_config, spec.optimizer)
     log.info("DeepSpeed engine ready in %.1fs (ZeRO stage %d, %d steps)", time.perf_counter() - t0,
              engine.zero_optimization_stage(), total_steps)
     seed_all(t.seed, info.rank)
     step, position = 0, 0
-    if resume_state is not None:
-        ckpt = checkpoint.latest_checkpoint(out)
-        state = checkpoint.restore(engine, ckpt, info.rank)  # also restores this rank's RNG
+    if latest is not None:
+        state = checkpoint.restore(engine, latest, info.rank)  # also restores this rank's RNG
         step, position = state["step"], state["data_position"]
-        log.info("resumed from %s (step %d, data position %d)", ckpt, step, position)
+        log.info("resumed from %s (step %d, data position %d)", latest, step, position)
     writer = MetricsWriter(out / "metrics.jsonl", info.is_main, step if resume_state else None)
     result = TrainResult(out, step, total_steps)
     last_saved = step if resume_state is not None else None

@@ -42,8 +42,8 @@ def main(argv: list[str]) -> int:
     import transformers  # noqa: F401
 
     from magdi_dist.config import load_config
+    from magdi_dist.launch.resolve import model_shape
     from magdi_dist.model import MAGDiStudent
-    from magdi_dist.model.build import lm_hidden_size
     from magdi_dist.train.dist import init_distributed
     from magdi_dist.train.engine import engine_config
 
@@ -51,8 +51,7 @@ def main(argv: list[str]) -> int:
     cfg = load_config(config, overrides)
     info = init_distributed()
     tok = VocabOnly(cfg.data.vocab_size)
-    ds_config, _ = engine_config(cfg, info.world_size, info.accelerator,
-                                 lm_hidden_size(cfg.model.base, tokenizer=tok))
+    ds_config, _ = engine_config(cfg, info.world_size, info.accelerator, model_shape(cfg)[0].hidden_size)
     # zero.Init needs DeepSpeed's communication layer; set it up before the measured window.
     deepspeed.init_distributed(dist_backend="gloo")
     # A throw-away build of a small model first, the same way: the lazy imports (modeling_llama, peft)

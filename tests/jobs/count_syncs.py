@@ -42,12 +42,15 @@ def main(argv: list[str]) -> int:
 
     from magdi_dist.config import load_config
     from magdi_dist.data.shards import load_train_data
+    from magdi_dist.launch.resolve import resolve_run, with_data
     from magdi_dist.preprocess.prepare import prepare_data
     from magdi_dist.train import loop, metrics
 
     config, out_json, overrides = argv[0], Path(argv[1]), argv[2:]
     cfg = load_config(config, overrides)
-    data = load_train_data(prepare_data(cfg, engine="local", log=lambda _m: None).manifest)
+    manifest = prepare_data(cfg, engine="local", log=lambda _m: None).manifest
+    spec = with_data(resolve_run(cfg, world_size=1, accelerator="cpu", resume=False), manifest)
+    data = load_train_data(manifest)
 
     state = {"step": 1, "counting": True}
     counts: dict[int, collections.Counter] = collections.defaultdict(collections.Counter)
@@ -83,7 +86,7 @@ def main(argv: list[str]) -> int:
     for name in READS:
         wrap(name)
     records: list[dict] = []
-    result = loop.train(cfg, data, resume=False, metrics_callback=lambda _s, rec: records.append(rec))
+    result = loop.train(spec, data, metrics_callback=lambda _s, rec: records.append(rec))
     state["counting"] = False
     out_json.write_text(json.dumps({
         "steps": result.step,

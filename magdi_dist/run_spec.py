@@ -1,0 +1,123 @@
+"""The resolved run: everything a rank needs that is decided once, on the driver.
+
+``launch.resolve.resolve_run`` builds a ``RunSpec`` from a validated config (durable output paths,
+the world size and accelerator the ranks will have, the checkpoints already there), and
+``launch.resolve.with_data`` adds the prepared shards. The driver writes it as
+``<output_dir>/run.json`` and every launcher hands the ranks that and nothing else: torchrun ranks
+read the file (``python -m magdi_dist.launch.rank --run-file PATH``), Ray Train workers get the object
+itself. ``train/`` reads a spec, never builds one: the DeepSpeed config, the optimizer, ``lm_passes``
+and the model's shape are not worked out again on a rank.
+
+This module imports only ``config``: it is plain data, below every package that reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from magdi_dist.config import MAGDiConfig, config_hash
+
+RUN_FILE = "run.json"
+RESOLVED_CONFIG = "resolved_config.yaml"
+RUN_SPEC_VERSION = 1
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class ModelShape(_Frozen):
+    """The student's sizes, counted on the meta device before any weight exists (model/shapes.py)."""
+
+    hidden_size: int
+    """The LM's hidden size: ZeRO-3's bucket sizes need it before the model is built under zero.Init."""
+    params: int
+    trainable_params: int
+    lm_params: int
+    largest_layer_params: int
+    vocab_size: int
+    """The vocabulary the shape was counted with (a trained tokenizer's target size for tiny LMs)."""
+
+
+class RunData(_Frozen):
+    """The prepared shards this run trains on."""
+
+    manifest: str
+    """Absolute path of the shards' manifest.json."""
+    fingerprint: str
+    """The manifest's fingerprint: a rank refuses shards that changed after the run was resolved."""
+    split: dict[str, Any]
+    """The manifest's held-out split summary (rule, fraction, seed, question counts; no keys)."""
+
+
+class RunSpec(_Frozen):
+    version: int = RUN_SPEC_VERSION
+    config: MAGDiConfig
+    """The config as the ranks run it: durable output paths, and ``model.lm_passes`` concrete
+    (``one`` or ``split``, never ``auto``)."""
+    config_hash: str
+    """``config.config_hash(config)``: what a checkpoint records and a resume compares, so a resume
+    compares two resolved runs (``lm_passes: auto`` resolves by world size and ZeRO stage, which the
+    hash and the checkpoint's world size already pin)."""
+    world_size: int
+    accelerator: Literal["cpu", "cuda"]
+    ds_config: dict[str, Any]
+    """The DeepSpeed config ``zero.Init`` and ``deepspeed.initialize`` get, every "auto" filled."""
+    optimizer: Literal["torch_adamw", "deepspeed"]
+    """torch AdamW as a client optimizer, or the DeepSpeed config's own optimizer block."""
+    shape: ModelShape
+    resume_from: str | None = None
+    """The newest complete checkpoint when the run was resolved (its config hash and world size
+    checked), or None. Ranks resume from the newest complete checkpoint in ``output_dir``: this one,
+    or a later one of this same run after a restart (``--no-resume`` removed every older one)."""
+    data: RunData | None = None
+    """None until the shards are prepared (``launch.resolve.with_data``); ranks need it."""
+
+    @model_validator(mode="after")
+    def _resolved(self) -> RunSpec:
+        if self.config.model.lm_passes == "auto":
+            raise ValueError("config.model.lm_passes: a resolved run has 'one' or 'split', not 'auto'")
+        if config_hash(self.config) != self.config_hash:
+            raise ValueError(f"config_hash: {self.config_hash} is not the hash of this config "
+                             f"({config_hash(self.config)}): the file was edited after it was resolved")
+        return self
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.config.train.output_dir)
+
+    @property
+    def run_file(self) -> Path:
+        return self.output_dir / RUN_FILE
+
+
+def _write_whole(path: Path, text: str) -> None:
+    """Renamed into place: a rank never reads half a file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def resolved_yaml(spec: RunSpec) -> str:
+    return f"# resolved config, config_hash {spec.config_hash}\n" + spec.config.to_yaml()
+
+
+def write_run(spec: RunSpec) -> Path:
+    """``<output_dir>/run.json`` and, next to it, ``resolved_config.yaml`` (the config alone, for
+    people and for ``load_config``); returns the run file."""
+    path = spec.run_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_whole(path.with_name(RESOLVED_CONFIG), resolved_yaml(spec))
+    _write_whole(path, json.dumps(spec.model_dump(mode="json"), indent=2) + "\n")
+    return path
+
+
+def read_run(path: str | Path) -> RunSpec:
+    """The spec a driver wrote. Its config was validated on the driver; validating it again here
+    checks only its form (no file on the driver's disk is looked up)."""
+    return RunSpec.model_validate_json(Path(path).read_text())
