@@ -204,3 +204,34 @@ def test_skip_memory_check_lets_preflight_pass(tmp_path):
         resolve()
     tree["train"]["skip_memory_check"] = True
     resolve()
+
+
+# Published parameter counts of the shipped configs' hub models (their model cards / config.json).
+PUBLISHED_LM_PARAMS = {
+    "mistralai/Mistral-7B-Instruct-v0.2": 7_241_732_096,
+    "Qwen/Qwen2.5-0.5B-Instruct": 494_032_768,
+    "meta-llama/Llama-3.2-1B-Instruct": 1_235_814_400,
+}
+
+
+@pytest.mark.parametrize("hub_id", sorted(PUBLISHED_LM_PARAMS))
+def test_shipped_hub_shapes_are_the_published_ones(hub_id):
+    shape = student_shape(StudentConfig(base=hub_id, dtype="bfloat16"), vocab_size=0)
+    assert shape.lm_params == PUBLISHED_LM_PARAMS[hub_id]
+
+
+def test_a_gpu_plan_needs_no_data_files_and_no_network(tmp_path):
+    """configs/gpu_mistral7b.yaml names teacher files under /data and a hub model: neither is read."""
+    import os
+
+    assert not os.path.exists("/data/magdi/SQA_gpt4o_round_2.json")
+    started = time.perf_counter()
+    result = CliRunner().invoke(app, ["plan", "--config", str(REPO / "configs" / "gpu_mistral7b.yaml"), "--nodes",
+                                      "1", "--gpus-per-node", "8", "--device-memory-gb", "80", "--json"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout.strip().splitlines()[-1])
+    # LoRA r=16 on q_proj and v_proj: A (in x r) + B (r x out) per projection, 32 layers; k/v are 8 x 128 wide.
+    adapters = 32 * ((4096 * 16 + 16 * 4096) + (4096 * 16 + 16 * 1024))
+    assert plan["lm_params"] == PUBLISHED_LM_PARAMS["mistralai/Mistral-7B-Instruct-v0.2"] + adapters
+    assert plan["lora"] and "zero3" in plan["fitting"]
+    assert time.perf_counter() - started < 60  # a hub download attempt alone retries for about a minute
