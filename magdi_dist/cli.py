@@ -1,16 +1,53 @@
 """The ``magdi-dist`` command. Each command is a thin wrapper: the work lives in the library, imported
-lazily so ``magdi-dist --help`` starts fast and a command only pays for the stack it uses."""
+lazily so ``magdi-dist --help`` starts fast and a command only pays for the stack it uses.
+
+Every command fails on bad input the same way, here, not in each command: the project's input errors
+become one ``error: ...`` line on stderr and exit code 2 (config.exit_on_error); anything else is a bug
+and keeps its traceback."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
+from typer.core import TyperGroup
+
+from magdi_dist.cli_options import options_from
+from magdi_dist.eval.config import EvalConfig
+
+# The input errors, by module and name: checking an exception then imports nothing (a class whose module
+# was never imported cannot have raised). FileNotFoundError is how the readers and loaders say an input
+# file or model is missing.
+_INPUT_ERRORS = (("magdi_dist.config", "ConfigError"), ("magdi_dist.eval.errors", "EvalInputError"),
+                 ("magdi_dist.mag.errors", "MAGInputError"), ("magdi_dist.debate.store", "StateError"),
+                 ("magdi_dist.model.shapes", "ShapeError"), ("magdi_dist.model.sources", "ModelSourceError"),
+                 ("magdi_dist.train.checkpoint", "CheckpointMismatch"), ("magdi_dist.launch.lock", "RunLocked"),
+                 ("builtins", "FileNotFoundError"))
+
+
+def _is_input_error(err: BaseException) -> bool:
+    kinds = tuple(getattr(sys.modules[m], name) for m, name in _INPUT_ERRORS if m in sys.modules)
+    return isinstance(err, kinds)
+
+
+class _Commands(TyperGroup):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except Exception as err:
+            if not _is_input_error(err):
+                raise
+            from magdi_dist.config import exit_on_error
+
+            exit_on_error(err)
+
 
 app = typer.Typer(
     help="Distil multi-agent interaction graphs (MAGDi) into one student LM with DeepSpeed ZeRO on Ray.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=_Commands,
 )
 
 
@@ -31,9 +68,9 @@ def preprocess(
     """Teacher transcripts -> graded MAGs -> pair rows with tokens and frozen node features -> Parquet
     shards + manifest.json (Ray Data). Re-runs only process new or changed inputs. The same preparation
     every training launcher runs first."""
-    from magdi_dist.config import load_config, or_exit, with_durable_outputs
+    from magdi_dist.config import load_config, with_durable_outputs
 
-    cfg = or_exit(lambda: with_durable_outputs(load_config(config, list(overrides or [])), storage))
+    cfg = with_durable_outputs(load_config(config, list(overrides or [])), storage)
     from magdi_dist.preprocess.manifest import verify_manifest
     from magdi_dist.preprocess.prepare import prepare_data
 
@@ -56,18 +93,15 @@ def submit(
     follow: bool = typer.Option(True, "--follow/--no-follow", help="Stream the logs until the job ends."),
 ) -> None:
     """Submit a ray_jobs/ entrypoint to a Ray cluster (job SDK) and stream its logs; exit 0 on SUCCEEDED."""
+    from magdi_dist.config import ConfigError
     from magdi_dist.launch.jobs import submit as submit_job
 
-    pairs = dict(item.split("=", 1) for item in env if "=" in item)
-    if len(pairs) != len(env):
-        typer.echo("error: --env takes KEY=VALUE", err=True)
-        raise typer.Exit(2)
-    try:
-        _, status = submit_job(address, job, config, list(args or []), working_dir=working_dir, env=pairs,
-                               follow=follow)
-    except (ValueError, FileNotFoundError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
+    bad = [item for item in env if "=" not in item]
+    if bad:
+        raise ConfigError(f"--env takes KEY=VALUE, got {', '.join(map(repr, bad))}")
+    pairs = dict(item.split("=", 1) for item in env)
+    _, status = submit_job(address, job, config, list(args or []), working_dir=working_dir, env=pairs,
+                           follow=follow)
     ok = status == "SUCCEEDED" if follow else status not in ("FAILED", "STOPPED")
     raise typer.Exit(0 if ok else 1)
 
@@ -99,20 +133,16 @@ def train(
         raise typer.BadParameter("--config is required", param_hint="--config")
     import os
 
-    from magdi_dist.config import ConfigError
     from magdi_dist.recipes.train import run
-    from magdi_dist.train.checkpoint import CheckpointMismatch
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         typer.echo("error: `magdi-dist train` is the driver; under torchrun or the deepspeed launcher run "
                    "`python -m magdi_dist.launch.rank` on every rank", err=True)
         raise typer.Exit(2)
-    try:
-        code = run(config, list(overrides or []), storage=storage, resume=resume, nproc_per_node=nproc_per_node,
-                   ray_preprocess=ray_preprocess)
-    except (ConfigError, CheckpointMismatch) as err:  # before any rank started
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
+    # A bad config, a checkpoint of another run or a folder another run holds: one error line, exit 2
+    # (the commands' shared handler), before any rank starts.
+    code = run(config, list(overrides or []), storage=storage, resume=resume, nproc_per_node=nproc_per_node,
+               ray_preprocess=ray_preprocess)
     raise typer.Exit(code)
 
 
@@ -138,68 +168,34 @@ def plan(
     import json
     import sys
 
-    from magdi_dist.config import load_config, or_exit
+    from magdi_dist.config import load_config
     from magdi_dist.launch.plan import format_plan, planned_hardware
     from magdi_dist.launch.plan import plan as make_plan
-    from magdi_dist.model.shapes import ShapeError
 
-    cfg = or_exit(load_config, config, list(overrides or []))
-    try:  # DeepSpeed logs to stdout when imported: keep stdout for the plan (--json parses)
-        with contextlib.redirect_stdout(sys.stderr):
-            result = make_plan(cfg, planned_hardware(nodes, gpus_per_node, device_memory_gb, node_memory_gb))
-    except ShapeError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
+    cfg = load_config(config, list(overrides or []))
+    with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed logs to stdout when imported: --json parses
+        result = make_plan(cfg, planned_hardware(nodes, gpus_per_node, device_memory_gb, node_memory_gb))
     typer.echo(json.dumps(result) if as_json else format_plan(result))
 
 
 @app.command()
+@options_from(EvalConfig, envvars={"tracking_uri": "MLFLOW_TRACKING_URI"})
 def evaluate(
-    model: str = typer.Option(..., help="Exported student directory, or an MLflow URI (models:/NAME@ALIAS)."),
-    data: Path = typer.Option(..., help="Held-out questions: GSM8K/StrategyQA/ECQA/ARC/AQuA file or a MAG file."),
-    format: str | None = typer.Option(None, "--format", help="gsm8k, strategyqa, ecqa, arc, aqua or mag."),
-    task: str | None = typer.Option(None, help="Force the task family used for grading."),
-    k: int = typer.Option(1, "--k", help="Samples per question; k > 1 is self-consistency (majority vote)."),
-    temperature: float = typer.Option(0.0, help="0 = greedy; > 0 samples (needed for k > 1)."),
-    max_new_tokens: int = typer.Option(256, help="Generation budget per sample."),
-    limit: int | None = typer.Option(None, help="Evaluate only the first N questions."),
-    exclude: list[Path] = typer.Option([], "--exclude", help="MAG file (repeatable): skip every question it "
-                                       "holds, e.g. the teacher discussions the student trained on."),
-    seed: int = typer.Option(0, help="Per-sample seeds derive from (seed, question index, sample)."),
-    batch_size: int = typer.Option(8, help="Questions per generate call (each with its k samples)."),
-    out: Path | None = typer.Option(None, help="Output folder (predictions.jsonl, summary.json)."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="Evaluation config YAML: the options "
+                                       "above as keys (max_new_tokens: 64). Overrides and options win over it."),
+    overrides: list[str] | None = typer.Argument(None, help="Overrides key=value, e.g. limit=50 (after --config, "
+                                                 "before the options)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
-    teachers: Path | None = typer.Option(None, help="MAG file: compare the teachers' tokens per question."),
-    ray_address: str | None = typer.Option(None, help="Shard over Ray actors on this cluster ('auto' ok)."),
-    workers: int = typer.Option(1, help="Ray actors; > 1 without --ray-address starts a local Ray."),
-    worker_cpus: float = typer.Option(1.0, help="CPUs per Ray actor."),
-    worker_gpus: float = typer.Option(0.0, help="GPUs per Ray actor (1 on a GPU cluster)."),
-    mlflow_run_id: str | None = typer.Option(None, help="Log metrics and predictions to this MLflow run."),
-    tracking_uri: str | None = typer.Option(None, envvar="MLFLOW_TRACKING_URI", help="MLflow tracking URI."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar (stderr)."),
+    flags: dict | None = None,
 ) -> None:
     """Evaluate an exported student on held-out questions (accuracy with 95% CI, cost, self-consistency)."""
     import json
 
-    from magdi_dist.eval.errors import EvalInputError
-    from magdi_dist.mag.errors import MAGInputError
-    from magdi_dist.recipes.evaluate import EvalConfig
+    from magdi_dist.config import load_yaml_config
     from magdi_dist.recipes.evaluate import evaluate as run_evaluation
 
-    cfg = EvalConfig(
-        model=model, data=str(data), format=format, task=task, k=k, temperature=temperature,
-        max_new_tokens=max_new_tokens, limit=limit, exclude=[str(p) for p in exclude], seed=seed,
-        batch_size=batch_size,
-        out=str(out) if out else None, teachers=str(teachers) if teachers else None,
-        ray_address=ray_address, workers=workers, worker_cpus=worker_cpus, worker_gpus=worker_gpus,
-        mlflow_run_id=mlflow_run_id,
-        tracking_uri=tracking_uri, progress=progress,
-    )  # fmt: skip
-    try:
-        summary = run_evaluation(cfg)
-    except (EvalInputError, MAGInputError, FileNotFoundError) as err:  # bad data, options or model
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
+    cfg = load_yaml_config(EvalConfig, config, list(overrides or []), kind="evaluation config", values=flags)
+    summary = run_evaluation(cfg)
     if as_json:
         typer.echo(json.dumps(summary, sort_keys=True))
     else:
@@ -241,11 +237,8 @@ def debate(
     what is missing. Exit 1 while questions are incomplete (failed requests are logged; run again)."""
     import json
 
-    from magdi_dist.config import ConfigError, describe_config
+    from magdi_dist.config import describe_config
     from magdi_dist.debate.config import DebateConfig, config_from_cli
-    from magdi_dist.debate.store import StateError
-    from magdi_dist.eval.errors import EvalInputError
-    from magdi_dist.mag.errors import MAGInputError
 
     if keys:
         typer.echo(describe_config(DebateConfig))
@@ -253,15 +246,11 @@ def debate(
     simple = {"questions": questions, "limit": limit, "agents": agents, "rounds": rounds, "base_url": base_url,
               "model": model, "max_tokens": max_tokens, "protocol": protocol, "api_key_env": api_key_env,
               "extra_body": extra_body, "out": out, "workers": workers}
-    try:
-        cfg = config_from_cli(config, list(overrides or []), simple, storage)
-        from magdi_dist.debate.run import run_debate
-
-        summary = run_debate(cfg, address=address, progress=progress)
-    except (ConfigError, StateError, EvalInputError, MAGInputError, FileNotFoundError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
+    cfg = config_from_cli(config, list(overrides or []), simple, storage)
+    from magdi_dist.debate.run import run_debate
     from magdi_dist.debate.summary import format_summary
+
+    summary = run_debate(cfg, address=address, progress=progress)
 
     typer.echo(json.dumps(summary, sort_keys=True) if as_json else format_summary(summary))
     raise typer.Exit(0 if summary["incomplete"] == 0 else 1)
@@ -286,14 +275,9 @@ def synth(
 
 
 def _read(paths, format, task, strict, rejects):
-    from magdi_dist.mag.errors import MAGInputError
     from magdi_dist.mag.readers import read_mags
 
-    try:
-        return read_mags(paths, format=format, task=task, strict=strict, rejects=rejects)
-    except MAGInputError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
+    return read_mags(paths, format=format, task=task, strict=strict, rejects=rejects)
 
 
 @app.command()
@@ -342,12 +326,11 @@ def study(
     """Run a scaling study: train, evaluate and register every cell; log the curve; crown the champion."""
     import json
 
-    from magdi_dist.config import or_exit
     from magdi_dist.recipes.study import run_study
     from magdi_dist.study.config import load_study
     from magdi_dist.study.report import format_summary, mlflow_ui_command
 
-    spec = or_exit(load_study, config, overrides or [], storage)
+    spec = load_study(config, overrides or [], storage)
     summary = run_study(spec)
     if as_json:
         typer.echo(json.dumps(summary, default=str))
@@ -390,28 +373,37 @@ def demo(
 def bench(
     quick: bool = typer.Option(False, help="Smoke-test size (about 3 minutes; the numbers mean nothing). Skips "
                                "the peer figure unless --only names it."),
-    only: list[str] = typer.Option([], "--only", help="Run only this figure (repeatable): padding, "
+    only: list[str] = typer.Option([], "--only", help="Run only this figure or experiment (repeatable): padding, "
                                    "step_overhead, mfu, data_path, checkpoint, zero_memory, preprocessing, "
-                                   "peers (this project vs TRL's SFTTrainer on SmolLM2; needs the bench extra)."),
+                                   "peers (this project vs TRL's SFTTrainer on SmolLM2; needs the bench extra); "
+                                   "experiments: zero3_1b, lm_passes, debate_throughput, peer_head."),
     threads: int = typer.Option(1, help="torch intra-op threads per process."),
     save_baseline: bool = typer.Option(False, help="Also write benchmarks/results/before.json."),
     docs: bool = typer.Option(True, "--docs/--no-docs", help="Rewrite the table in docs/benchmarks.md."),
+    results_dir: Path | None = typer.Option(None, "--results-dir", help="Where the JSON goes (default: "
+                                            "benchmarks/results of the checkout you are in; --quick: under "
+                                            "/tmp/magdi_bench)."),
 ) -> None:
-    """Run the performance benchmarks (benchmarks/, a source checkout only): JSON in
-    benchmarks/results/, the table in docs/benchmarks.md; same as ``python -m benchmarks`` run in the
-    checkout (this command runs exactly that, as a subprocess with the checkout as working directory)."""
+    """Run the performance benchmarks (benchmarks/, a source checkout only) of the checkout the working
+    directory is in: JSON in its benchmarks/results/, the table in its docs/benchmarks.md; same as
+    ``python -m benchmarks`` run there (this command runs exactly that, with the checkout as working
+    directory)."""
     import subprocess
     import sys
 
-    root = Path(__file__).resolve().parent.parent
-    if not (root / "benchmarks" / "__main__.py").is_file():
-        typer.echo(f"error: the benchmarks ship only with a source checkout ({root / 'magdi_dist'} has no "
-                   "../benchmarks/): clone the repository and run `python -m benchmarks` there.", err=True)
+    # The checkout the user stands in, not the one this package was installed from: with magdi_dist
+    # installed from another clone, that clone's code would run and its results be overwritten.
+    here = Path.cwd().resolve()
+    root = next((d for d in (here, *here.parents) if (d / "benchmarks" / "__main__.py").is_file()), None)
+    if root is None:
+        typer.echo(f"error: {here} is not in a source checkout (the benchmarks ship only with the repository, "
+                   "not with the package): run `magdi-dist bench` inside a clone.", err=True)
         raise typer.Exit(2)
     argv = (["--quick"] if quick else []) + (["--only", *only] if only else []) + ["--threads", str(threads)]
     argv += (["--save-baseline"] if save_baseline else []) + ([] if docs else ["--no-docs"])
-    # The benchmarks package is not installed with magdi_dist: ``-m`` finds it in the working
-    # directory (the checkout), so nothing here touches this process's sys.path.
+    argv += ["--results-dir", str(results_dir.resolve())] if results_dir else []
+    # ``-m`` puts the working directory first on sys.path: the checkout's benchmarks and its magdi_dist
+    # run, whichever clone this process's package came from.
     proc = subprocess.run([sys.executable, "-m", "benchmarks", *argv], cwd=root, check=False)
     raise typer.Exit(proc.returncode)
 

@@ -13,17 +13,15 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NoReturn, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DS_PRESET_DIR = Path(__file__).resolve().parent.parent / "ds_configs"
 DS_PRESETS = ("zero0", "zero1", "zero2", "zero3", "zero3_offload")
-# Validation context key: False skips the input-file existence checks (ranks read shards, not inputs).
-CHECK_FILES = "check_files"
 
 
 class ConfigError(ValueError):
@@ -33,15 +31,21 @@ class ConfigError(ValueError):
 _Loaded = TypeVar("_Loaded")
 
 
+def exit_on_error(err: BaseException) -> NoReturn:
+    """How every entry point fails on input the user must fix: one ``error: ...`` line on stderr and
+    exit code 2 (``or_exit``, and the CLI for all its commands)."""
+    print(f"error: {err}", file=sys.stderr)
+    raise SystemExit(2) from None
+
+
 def or_exit(load: Callable[..., _Loaded], *args: Any) -> _Loaded:
-    """``load(*args)`` at an entry point (a CLI command, a ray_jobs script, ``python -m
-    magdi_dist.launch.rank``): a ConfigError is printed (it names the key) and the process exits with code
-    2, before any rank or Ray worker starts."""
+    """``load(*args)`` at an entry point (a ray_jobs script, ``python -m magdi_dist.launch.rank``): a
+    ConfigError (it names the key) ends the process through ``exit_on_error``, before any rank or Ray
+    worker starts."""
     try:
         return load(*args)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        exit_on_error(err)
 
 
 class _Section(BaseModel):
@@ -177,7 +181,8 @@ class PreprocessConfig(_Section):
 class DataConfig(_Section):
     paths: list[str] = Field(default_factory=list)
     """MAG files (a single path is accepted too) in any format magdi_dist.mag.readers reads (magdi,
-    debate, reconcile_pickle, jsonl); empty: generate synthetic MAGs from ``synthetic``."""
+    debate, reconcile_pickle, jsonl); empty: generate synthetic MAGs from ``synthetic``. Checked when
+    the data is prepared, not when the config loads: a capacity plan needs no data."""
     format: str | None = None
     """Force the reader format of ``paths``; None detects it per file."""
     task: str | None = None
@@ -218,16 +223,6 @@ class DataConfig(_Section):
     @classmethod
     def _one_or_many(cls, value):
         return [value] if isinstance(value, str) else value
-
-    @field_validator("paths")
-    @classmethod
-    def _paths_exist(cls, value: list[str], info: ValidationInfo) -> list[str]:
-        if not (info.context or {}).get(CHECK_FILES, True):  # a rank, which never reads them
-            return value
-        missing = [p for p in value if not Path(p).is_file()]
-        if missing:
-            raise ValueError(f"data file not found: {', '.join(missing)}")
-        return value
 
 
 class TrainConfig(_Section):
@@ -441,38 +436,86 @@ def apply_override(tree: dict, item: str) -> None:
             where = ".".join(parts[: depth + 1])
             raise ConfigError(f"override {item!r}: {where} is a value ({child!r}), not a section")
         node = child
-    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    try:
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {item!r}: the value is not YAML ({_one_line(err)})") from None
 
 
-def _format_errors(err: ValidationError) -> str:
-    lines = []
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def _format_errors(err: ValidationError, kind: str, source: str | None) -> str:
+    """The one error format of every config: its kind, where it came from, then each bad key and why,
+    all on one line, so every entry point reports it as a single ``error: ...`` line."""
+    problems = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<root>"
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        lines.append(f"  {key}: {msg}")
-    return "invalid config:\n" + "\n".join(lines)
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
+        problems.append(f"{key}: {_one_line(msg)}")
+    where = f" ({source})" if source else ""
+    return f"invalid {kind}{where}: " + "; ".join(problems)
 
 
-def config_from_dict(tree: dict[str, Any]) -> MAGDiConfig:
+_Model = TypeVar("_Model", bound=BaseModel)
+# Validation context key of load_yaml_config: the folder of the config file (None without a file), so a
+# validator can resolve a relative path where the file's author sees it (a study's base_config).
+CONFIG_DIR = "config_dir"
+
+
+def validate_config(model_type: type[_Model], tree: Any, *, kind: str = "config", source: str | None = None,
+                    context: dict[str, Any] | None = None) -> _Model:
+    """``tree`` validated as ``model_type``; a ValidationError becomes one ConfigError that names the
+    ``kind`` of config, its ``source`` (a file, "command-line flags") and every bad key."""
     try:
-        return MAGDiConfig.model_validate(tree)
+        return model_type.model_validate(tree, context=context)
     except ValidationError as err:
-        raise ConfigError(_format_errors(err)) from None
+        raise ConfigError(_format_errors(err, kind, source)) from None
 
 
-def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> MAGDiConfig:
-    """YAML file (or defaults when None) + overrides -> validated config; errors name the key."""
+def load_yaml_config(model_type: type[_Model], path: str | Path | None, overrides: Sequence[str] = (), *,
+                     kind: str = "config", values: Mapping[str, Any] | None = None) -> _Model:
+    """The config loader of every command: YAML file ``path`` (None: nothing, only defaults), then the
+    ``key.sub=value`` ``overrides`` in order, then ``values`` (top-level keys, e.g. the flags a command
+    was given), validated as ``model_type``. Every failure is a ConfigError naming the file and key."""
     tree: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text()) or {}
+            raise ConfigError(f"{kind} file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML ({_one_line(err)})") from None
         if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: top level must be a mapping of sections (model, data, train, preprocess)")
+            raise ConfigError(f"{path}: the top level of a {kind} must be a mapping of its keys "
+                              f"({', '.join(model_type.model_fields)}), got {type(loaded).__name__}")
         tree = loaded
     for item in overrides:
         apply_override(tree, item)
-    return config_from_dict(tree)
+    tree.update(values or {})
+    return validate_config(model_type, tree, kind=kind, source=None if path is None else str(path),
+                           context={CONFIG_DIR: None if path is None else path.parent})
+
+
+def config_from_dict(tree: dict[str, Any]) -> MAGDiConfig:
+    return validate_config(MAGDiConfig, tree)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> MAGDiConfig:
+    """YAML file (or defaults when None) + overrides -> validated run config; errors name the key."""
+    return load_yaml_config(MAGDiConfig, path, overrides)
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks (GGUF students and shards run to GBs).
+
+    The one file hasher (shards, GGUF conversions, input stamps, study data hashes); here because
+    this is the one module every package may import.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -71,6 +71,9 @@ class RunSpec(_Frozen):
     optimizer: Literal["torch_adamw", "deepspeed"]
     """torch AdamW as a client optimizer, or the DeepSpeed config's own optimizer block."""
     shape: ModelShape
+    resume: bool = True
+    """False: start over; the driver deleted the output dir's checkpoints before the ranks started
+    (``launch.resolve.claimed``), so ranks, restarted ones included, always resume from what is there."""
     resume_from: str | None = None
     """The newest complete checkpoint when the run was resolved (its config hash and world size
     checked), or None. Ranks resume from the newest complete checkpoint in ``output_dir``: this one,

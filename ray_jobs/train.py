@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from magdi_dist.config import ConfigError
+    from magdi_dist.launch.lock import RunLocked
     from magdi_dist.recipes.train import run
     from magdi_dist.train.checkpoint import CheckpointMismatch
 
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         return run(args.config, args.overrides, storage=args.storage, resume=args.resume, ray_workers=args.workers,
                    use_gpu=args.gpu, cpus_per_worker=args.cpus_per_worker, max_failures=args.max_failures,
                    address=args.address)
-    except (ConfigError, CheckpointMismatch) as err:  # before any worker started
+    except (ConfigError, CheckpointMismatch, RunLocked) as err:  # before any worker started
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -25,9 +25,14 @@ def test_gpu_config_validates_with_local_data(shared_data):
     assert cfg.model.trust_remote_code is False
 
 
-def test_gpu_config_names_missing_cluster_data():
-    with pytest.raises(ConfigError, match="data.paths"):
-        load_config(CONFIGS / "gpu_mistral7b.yaml")
+def test_gpu_config_loads_here_and_names_missing_cluster_data_when_prepared():
+    """Its teacher files live on the cluster: the config loads (a plan needs no data), and preparing
+    the data here names the key and the files."""
+    from magdi_dist.preprocess.prepare import check_inputs
+
+    cfg = load_config(CONFIGS / "gpu_mistral7b.yaml")
+    with pytest.raises(ConfigError, match="data.paths: data file not found: /data/magdi/SQA_gpt4o_round_2.json"):
+        check_inputs(cfg)
 
 
 def test_study_configs_validate(shared_data):

@@ -15,10 +15,9 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from magdi_dist.config import ConfigError, apply_override, durable_path
+from magdi_dist.config import ConfigError, durable_path, load_yaml_config, validate_config
 from magdi_dist.debate.prompts import default_templates, template_errors
 from magdi_dist.mag.schema import TASK_FAMILIES
 
@@ -194,21 +193,7 @@ class DebateConfig(_Section):
                 "agents": [{"name": a.name, **a.sampling()} for a in self.agents]}
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
-    lines = []
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<root>"
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
-        lines.append(f"  {key}: {msg}")
-    return f"invalid debate config ({source}):\n" + "\n".join(lines)
-
-
-def debate_config_from_dict(tree: dict[str, Any], *, source: str = "<dict>",
-                            storage: str | None = None) -> DebateConfig:
-    try:
-        cfg = DebateConfig.model_validate(tree)
-    except ValidationError as err:
-        raise ConfigError(_format_errors(err, source)) from None
+def _with_durable_outputs(cfg: DebateConfig, storage: str | None) -> DebateConfig:
     # Outputs resolve like every other command's (--storage / MAGDI_STORAGE), so a Ray job's driver
     # never writes into the working-dir copy Ray deletes.
     update = {"out": durable_path(cfg.out, storage, key="out")}
@@ -217,18 +202,16 @@ def debate_config_from_dict(tree: dict[str, Any], *, source: str = "<dict>",
     return cfg.model_copy(update=update)
 
 
+def debate_config_from_dict(tree: dict[str, Any], *, source: str = "<dict>",
+                            storage: str | None = None) -> DebateConfig:
+    cfg = validate_config(DebateConfig, tree, kind="debate config", source=source)
+    return _with_durable_outputs(cfg, storage)
+
+
 def load_debate_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
                        storage: str | None = None) -> DebateConfig:
-    """YAML file + overrides -> validated config; errors name the key."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"debate config not found: {path}")
-    tree = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{path}: a debate config is a mapping, got {type(tree).__name__}")
-    for item in overrides:
-        apply_override(tree, item)
-    return debate_config_from_dict(tree, source=str(path), storage=storage)
+    """YAML file + overrides -> validated config; errors name the file and the key."""
+    return _with_durable_outputs(load_yaml_config(DebateConfig, path, overrides, kind="debate config"), storage)
 
 
 # Default spread of the simple case: agents differ by seed and temperature, so sampling endpoints give

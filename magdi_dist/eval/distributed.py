@@ -11,7 +11,8 @@ from collections.abc import Callable
 
 import ray
 
-from magdi_dist.eval.engine import DecodeSettings, Engine
+from magdi_dist.eval.config import DecodeSettings
+from magdi_dist.eval.engine import Engine
 from magdi_dist.eval.loader import StudentDirs
 from magdi_dist.eval.questions import EvalQuestion
 

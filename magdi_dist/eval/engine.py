@@ -7,29 +7,12 @@ of a single-process run on exactly the same batches.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
-from magdi_dist.eval.answers import extract_answer, is_correct, majority_vote
-from magdi_dist.eval.errors import EvalInputError
+from magdi_dist.eval.config import DecodeSettings
 from magdi_dist.eval.generate import generate, sample_seed
 from magdi_dist.eval.loader import StudentDirs, load_student, resolve
 from magdi_dist.eval.questions import EvalQuestion
-
-
-@dataclass(frozen=True)
-class DecodeSettings:
-    k: int = 1
-    temperature: float = 0.0
-    max_new_tokens: int = 256
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.k < 1:
-            raise EvalInputError(f"k must be >= 1, got {self.k}")
-        if self.k > 1 and self.temperature <= 0:
-            raise EvalInputError("self-consistency (k > 1) needs --temperature > 0: greedy samples are identical")
-        if self.max_new_tokens < 1:
-            raise EvalInputError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+from magdi_dist.mag.answers import extract_answer, is_correct, majority_vote
 
 
 def prompt_for(q: EvalQuestion, tokenizer) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from magdi_dist.config import ConfigError
 from magdi_dist.preprocess.pipeline import Log, print_log
 
 JOBS = ("preprocess", "train", "study", "debate")
@@ -34,14 +35,14 @@ def build_runtime_env(working_dir: Path, env: dict[str, str] | None = None) -> d
 
 def entrypoint(job: str, config: Path, working_dir: Path, args: list[str]) -> str:
     if job not in JOBS:
-        raise ValueError(f"unknown job {job!r}; expected one of {', '.join(JOBS)}")
+        raise ConfigError(f"unknown job {job!r}; expected one of {', '.join(JOBS)}")
     script = working_dir / "ray_jobs" / f"{job}.py"
     if not script.is_file():
         raise FileNotFoundError(f"no entrypoint {script}")
     try:
         rel = config.resolve().relative_to(working_dir.resolve())
     except ValueError:
-        raise ValueError(f"config {config} is outside the working dir {working_dir} (what gets uploaded)") from None
+        raise ConfigError(f"config {config} is outside the working dir {working_dir} (what gets uploaded)") from None
     return shlex.join(["python", f"ray_jobs/{job}.py", "--config", rel.as_posix(), *args])
 
 

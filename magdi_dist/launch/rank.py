@@ -26,7 +26,9 @@ for rank 0 inside a collective, under the process group's timeout.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,28 +57,28 @@ def main(argv: list[str] | None = None) -> int:
     from magdi_dist.train.loop import train
 
     info = init_distributed()
-    run_file = args.run_file
-    if cfg is not None:
-        from pathlib import Path
+    with contextlib.ExitStack() as driver:  # rank 0 of a --config launch holds the output folder's lock
+        run_file = args.run_file
+        if cfg is not None:
+            run_file = str(Path(cfg.train.output_dir) / RUN_FILE)
+            if info.is_main:
+                from magdi_dist.launch.lock import RunLocked
+                from magdi_dist.launch.resolve import claimed, prepare_and_publish, resolve_run
 
-        run_file = str(Path(cfg.train.output_dir) / RUN_FILE)
-        if info.is_main:
-            from magdi_dist.launch.resolve import prepare_and_publish, resolve_run
-
-            try:
-                spec = resolve_run(cfg, world_size=info.world_size, accelerator=info.accelerator,
-                                   resume=args.resume, check_memory=False)
-            except (ConfigError, CheckpointMismatch) as err:  # torchrun stops the others when this one exits
-                print(f"error: {err}", file=sys.stderr)
-                return 2
-            prepare_and_publish(spec)
-        barrier()
-    spec = read_run(run_file)
-    result = train(spec, load_train_data(spec.data.manifest))
+                try:
+                    spec = resolve_run(cfg, world_size=info.world_size, accelerator=info.accelerator,
+                                       resume=args.resume, check_memory=False)
+                    driver.enter_context(claimed(spec))
+                except (ConfigError, CheckpointMismatch, RunLocked) as err:  # torchrun stops the others
+                    print(f"error: {err}", file=sys.stderr)
+                    return 2
+                prepare_and_publish(spec)
+            barrier()
+        spec = read_run(run_file)
+        result = train(spec, load_train_data(spec.data.manifest))
     if info.is_main:  # the line magdi-dist train prints for one rank
         print(f"trained to step {result.step}/{result.total_steps}; export {result.export_dir}", flush=True)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -134,7 +134,7 @@ def train_on_ray(
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from magdi_dist.config import with_durable_outputs
-    from magdi_dist.launch.resolve import prepare_and_publish, resolve_run
+    from magdi_dist.launch.resolve import claimed, prepare_and_publish, resolve_run
     from magdi_dist.preprocess.session import ray_session
 
     # Every worker and every restart must find the same directory, whatever its working directory.
@@ -145,24 +145,25 @@ def train_on_ray(
         gpu = gpus_available() if use_gpu is None else use_gpu
         # Resolved for the cluster's devices; their memory is planned with `magdi-dist plan`, not here.
         spec = resolve_run(cfg, world_size=num_workers, accelerator="cuda" if gpu else "cpu", resume=resume)
-        spec = prepare_and_publish(spec, engine="ray", log=log)
-        resources = {"CPU": cpus_per_worker, **({"GPU": 1} if gpu else {})}
-        log(f"train: {num_workers} Ray Train worker(s), {'GPU' if gpu else 'CPU'} ({resources}), "
-            f"max_failures={max_failures}, output {out}")
-        trainer = TorchTrainer(
-            train_worker,
-            train_loop_config={"run": spec, "tracking": tracking, "on_checkpoint": on_checkpoint},
-            scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=gpu, resources_per_worker=resources),
-            torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
-            run_config=RunConfig(
-                name=out.name,
-                storage_path=str(out.parent),
-                failure_config=FailureConfig(max_failures=max_failures),
-                # Our loop prunes its own checkpoints (train.keep_last_k); Ray must not delete any.
-                checkpoint_config=CheckpointConfig(num_to_keep=None),
-            ),
-        )
-        result = trainer.fit()
+        with claimed(spec, log):
+            spec = prepare_and_publish(spec, engine="ray", log=log)
+            resources = {"CPU": cpus_per_worker, **({"GPU": 1} if gpu else {})}
+            log(f"train: {num_workers} Ray Train worker(s), {'GPU' if gpu else 'CPU'} ({resources}), "
+                f"max_failures={max_failures}, output {out}")
+            trainer = TorchTrainer(
+                train_worker,
+                train_loop_config={"run": spec, "tracking": tracking, "on_checkpoint": on_checkpoint},
+                scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=gpu, resources_per_worker=resources),
+                torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+                run_config=RunConfig(
+                    name=out.name,
+                    storage_path=str(out.parent),
+                    failure_config=FailureConfig(max_failures=max_failures),
+                    # Our loop prunes its own checkpoints (train.keep_last_k); Ray must not delete any.
+                    checkpoint_config=CheckpointConfig(num_to_keep=None),
+                ),
+            )
+            result = trainer.fit()
     summary = dict(result.return_value or {})
     log(f"train: finished at step {summary.get('step')} of {summary.get('total_steps')}; "
         f"checkpoint {summary.get('checkpoint')}; export {summary.get('export_dir')}")

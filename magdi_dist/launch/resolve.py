@@ -11,12 +11,15 @@ it decides here is decided nowhere else:
   so ``magdi-dist plan`` and this pre-flight share it;
 * ``lm_passes: auto`` made concrete for this world size and ZeRO stage;
 * the resume decision: the newest complete checkpoint is checked against this config's hash and
-  world size (``CheckpointMismatch``), or with ``resume=False`` every old checkpoint is deleted;
+  world size (``CheckpointMismatch``), or with ``resume=False`` every old checkpoint is deleted
+  (by ``claimed``, under the output folder's lock);
 * on this machine, whether the run fits its memory (``launch.plan.check_fits``).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from magdi_dist.config import ConfigError, MAGDiConfig, config_hash
@@ -40,7 +43,7 @@ def model_shape(cfg: MAGDiConfig) -> tuple[ModelShape, object]:
 def resolve_run(cfg: MAGDiConfig, *, world_size: int, accelerator: str, resume: bool = True,
                 check_memory: bool = False) -> RunSpec:
     """The run ``cfg`` (durable output paths already applied) makes on ``world_size`` ranks of
-    ``accelerator``. ``resume=False`` deletes the output dir's checkpoints (start over);
+    ``accelerator``; it writes nothing (``claimed`` takes the folder and applies ``resume=False``).
     ``check_memory``: the ranks run on this machine, so the capacity plan must say they fit."""
     from magdi_dist.model.student import resolve_lm_passes
     from magdi_dist.train import checkpoint
@@ -55,15 +58,29 @@ def resolve_run(cfg: MAGDiConfig, *, world_size: int, accelerator: str, resume: 
         checkpoint.check_resumable(out, run_hash, world_size)
     latest = checkpoint.latest_checkpoint(out) if resume else None
     spec = RunSpec(config=run_cfg, config_hash=run_hash, world_size=world_size, accelerator=accelerator,
-                   ds_config=ds_config, optimizer=optimizer, shape=shape,
+                   ds_config=ds_config, optimizer=optimizer, shape=shape, resume=resume,
                    resume_from=str(latest) if latest else None)
     if check_memory and not cfg.train.skip_memory_check:
         from magdi_dist.launch.plan import check_fits
 
         check_fits(spec, student_shape)
-    if not resume:  # last: a run refused above deletes nothing
-        checkpoint.clear(out)
     return spec
+
+
+@contextlib.contextmanager
+def claimed(spec: RunSpec, log=print) -> Iterator[RunSpec]:
+    """Hold the run's output folder for the driver's lifetime (``launch.lock``): the teacher files are
+    checked first, so a refused run writes nothing; then the folder is locked, and only then does
+    ``resume=False`` delete the old checkpoints (never another live run's)."""
+    from magdi_dist.launch.lock import run_lock
+    from magdi_dist.preprocess.prepare import check_inputs
+    from magdi_dist.train import checkpoint
+
+    check_inputs(spec.config)
+    with run_lock(spec.output_dir, log):
+        if not spec.resume:
+            checkpoint.clear(spec.output_dir)
+        yield spec
 
 
 def publish(spec: RunSpec) -> Path:

@@ -13,11 +13,10 @@ import json
 import tempfile
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from magdi_dist.eval.engine import DecodeSettings, Engine, prompt_for
-from magdi_dist.eval.errors import EvalInputError
+from magdi_dist.eval.config import EvalConfig  # typed there (light); callers import it from here too
+from magdi_dist.eval.engine import Engine, prompt_for
 from magdi_dist.eval.generate import prompt_ids
 from magdi_dist.eval.loader import StudentDirs, is_uri, load_student, resolve
 from magdi_dist.eval.questions import EvalQuestion, load_questions
@@ -25,47 +24,6 @@ from magdi_dist.eval.stats import summarize
 
 PREDICTIONS = "predictions.jsonl"
 SUMMARY = "summary.json"
-
-
-@dataclass
-class EvalConfig:
-    model: str  # export directory or MLflow URI (models:/NAME@ALIAS, runs:/ID/PATH)
-    data: str
-    format: str | None = None
-    task: str | None = None
-    k: int = 1
-    temperature: float = 0.0
-    max_new_tokens: int = 256
-    limit: int | None = None
-    exclude: list[str] = field(default_factory=list)  # MAG files whose questions are not evaluated
-    seed: int = 0
-    batch_size: int = 8  # questions per generate call (each brings its k samples)
-    out: str | None = None
-    teachers: str | None = None
-    ray_address: str | None = None
-    workers: int = 1
-    worker_cpus: float = 1.0  # Ray resources per actor; give each a GPU on a GPU cluster
-    worker_gpus: float = 0.0
-    mlflow_run_id: str | None = None
-    tracking_uri: str | None = None
-    progress: bool = True
-    reuse: bool = False  # return the evaluation already in ``out`` if it is this one (finished_evaluation)
-
-    @property
-    def settings(self) -> DecodeSettings:
-        return DecodeSettings(self.k, self.temperature, self.max_new_tokens, self.seed)
-
-    @property
-    def distributed(self) -> bool:
-        return bool(self.ray_address) or self.workers > 1
-
-    def validate(self) -> None:
-        """Fail on bad options before a model is loaded or a token generated."""
-        self.settings  # noqa: B018 -- DecodeSettings checks k, temperature and the token budget
-        if self.batch_size < 1 or self.workers < 1:
-            raise EvalInputError(f"batch_size and workers must be >= 1, got {self.batch_size}, {self.workers}")
-        if self.teachers and not Path(self.teachers).is_file():
-            raise EvalInputError(f"no such teachers file: {self.teachers}")
 
 
 def plan_batches(questions: list[EvalQuestion], tokenizer, batch_size: int) -> list[list[EvalQuestion]]:
@@ -164,7 +122,6 @@ def evaluate(cfg: EvalConfig) -> dict:
     ``cfg.mlflow_run_id``) instead of being run again."""
     import torch
 
-    cfg.validate()
     done = finished_evaluation(cfg) if cfg.reuse else None
     if done is not None:
         if cfg.mlflow_run_id:

@@ -15,7 +15,6 @@ same command again. Only this driver logs to MLflow, except the per-step metrics
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -25,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from magdi_dist.config import sha256_file
 from magdi_dist.study.config import Cell, StudyConfig
 
 log = logging.getLogger("magdi_dist.study")
@@ -53,7 +53,7 @@ class CellResult:
 
 
 def _sha256(path: Path) -> str | None:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    return sha256_file(path) if path.is_file() else None
 
 
 def _param_count(export_dir: Path) -> int:
@@ -109,7 +109,7 @@ def heldout_data(study: StudyConfig) -> str:
 def _run_cell(study: StudyConfig, cell: Cell, ctx: dict) -> CellResult:
     from magdi_dist.launch.ray_train import train_on_ray
     from magdi_dist.preprocess.prepare import shards_dir
-    from magdi_dist.recipes.evaluate import EvalConfig, evaluate
+    from magdi_dist.recipes.evaluate import evaluate
     from magdi_dist.track import cell_run, find_cell_run, log_cell_result
     from magdi_dist.track.registry import log_student
 
@@ -139,11 +139,8 @@ def _run_cell(study: StudyConfig, cell: Cell, ctx: dict) -> CellResult:
                                tracking={"uri": uri, "run_id": run_id})
         export_dir = Path(summary["export_dir"])
         e = study.evaluation
-        ev = evaluate(EvalConfig(model=str(export_dir), data=ctx["heldout"], limit=e.limit, exclude=e.exclude,
-                                 teachers=e.teachers, k=e.k,
-                                 temperature=e.temperature, max_new_tokens=e.max_new_tokens, seed=cfg.train.seed,
-                                 batch_size=e.batch_size, workers=e.workers, out=str(out / "eval"),
-                                 progress=False, mlflow_run_id=run_id, tracking_uri=uri, reuse=True))
+        ev = evaluate(e.for_run(model=str(export_dir), data=ctx["heldout"], seed=cfg.train.seed, out=str(out / "eval"),
+                                progress=False, mlflow_run_id=run_id, tracking_uri=uri, reuse=True))
         train = _train_summary(out)
         result.wall_time_s = time.perf_counter() - started
         result.params = float(_param_count(export_dir))

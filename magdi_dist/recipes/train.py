@@ -26,7 +26,7 @@ def load(config: str | Path | None, overrides: list[str], storage: str | None = 
 def run(config: str | Path, overrides: list[str], *, storage: str | None = None, resume: bool = True,
         nproc_per_node: int = 1, ray_workers: int = 0, ray_preprocess: bool = False, **ray_options) -> int:
     """Train with ``nproc_per_node`` local ranks, or ``ray_workers`` Ray Train workers; exit code."""
-    from magdi_dist.launch.resolve import prepare_and_publish, resolve_run
+    from magdi_dist.launch.resolve import claimed, prepare_and_publish, resolve_run
 
     cfg = load(config, overrides, storage)
 
@@ -38,22 +38,24 @@ def run(config: str | Path, overrides: list[str], *, storage: str | None = None,
         summary = train_on_ray(cfg, num_workers=ray_workers, resume=resume, **ray_options)
         return 0 if summary.get("step") == summary.get("total_steps") else 1
 
-    # Local ranks: resolved and checked before anything is written, the data prepared once, here.
+    # Local ranks: resolved and checked before anything is written, the output folder locked, the
+    # data prepared once, here.
     from magdi_dist.train.dist import select_accelerator
 
     spec = resolve_run(cfg, world_size=nproc_per_node, accelerator=select_accelerator(), resume=resume,
                        check_memory=True)
-    print(f"outputs: {cfg.train.output_dir}", flush=True)
-    spec = prepare_and_publish(spec, engine="ray" if ray_preprocess else "local")
-    if nproc_per_node > 1:
-        from magdi_dist.launch.torchrun import torchrun_command
+    with claimed(spec):
+        print(f"outputs: {cfg.train.output_dir}", flush=True)
+        spec = prepare_and_publish(spec, engine="ray" if ray_preprocess else "local")
+        if nproc_per_node > 1:
+            from magdi_dist.launch.torchrun import torchrun_command
 
-        return subprocess.call(torchrun_command(spec.run_file, nproc_per_node))
+            return subprocess.call(torchrun_command(spec.run_file, nproc_per_node))
 
-    # One rank, in this process: the loop on the shards' rows.
-    from magdi_dist.data.shards import load_train_data
-    from magdi_dist.train.loop import train
+        # One rank, in this process: the loop on the shards' rows.
+        from magdi_dist.data.shards import load_train_data
+        from magdi_dist.train.loop import train
 
-    result = train(spec, load_train_data(spec.data.manifest))
-    print(f"trained to step {result.step}/{result.total_steps}; export {result.export_dir}", flush=True)
-    return 0
+        result = train(spec, load_train_data(spec.data.manifest))
+        print(f"trained to step {result.step}/{result.total_steps}; export {result.export_dir}", flush=True)
+        return 0

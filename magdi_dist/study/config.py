@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from magdi_dist.config import ConfigError, MAGDiConfig, durable_path, load_config
+from magdi_dist.config import CONFIG_DIR, ConfigError, MAGDiConfig, durable_path, load_config, load_yaml_config
+from magdi_dist.eval.config import EvalSettings
 
 
 class _Section(BaseModel):
@@ -48,26 +49,22 @@ class Cell(NamedTuple):
     """The swept ``train.lr``; None: the config's own."""
 
 
-class StudyEval(_Section):
+class StudyEval(EvalSettings):
+    """How every cell's student is evaluated: ``magdi-dist evaluate``'s settings (EvalSettings) and where
+    the questions come from. The model, output folder and seed (the cell's ``train.seed``) are the cell's."""
+
     data: str | None = None
     """Held-out questions (a benchmark file or a MAG file); None: held-out SYNTHETIC problems drawn
     with ``synthetic_seed``, which never overlaps the training seed's stream."""
     synthetic_n: int = Field(100, ge=1)
+    """Synthetic held-out problems drawn when ``data`` is None."""
     synthetic_seed: int = 10_000
-    limit: int | None = Field(None, ge=1)
-    """Evaluate only the first N questions (counted after ``exclude``)."""
-    exclude: list[str] = Field(default_factory=list)
-    """MAG files whose questions are never evaluated: the teacher discussions the students train on,
-    when ``data`` is the benchmark they were drawn from (contamination)."""
-    teachers: str | None = None
-    """A MAG file whose discussions the students' answer lengths are compared with (tokens)."""
-    k: int = Field(1, ge=1)
-    """Samples per question; k > 1 is self-consistency (needs temperature > 0)."""
-    temperature: float = Field(0.0, ge=0.0)
-    max_new_tokens: int = Field(64, ge=1)
+    """Seed of the synthetic held-out problems."""
+    # A study's students are small and answer briefly: shorter budgets and larger batches than evaluate's.
+    max_new_tokens: int = 64
+    """Generation budget per sample."""
     batch_size: int = Field(16, ge=1)
-    workers: int = Field(1, ge=1)
-    """Ray actors that share the questions (the same batches, so the same answers as one process)."""
+    """Questions per generate call (each with its k samples)."""
 
 
 class StudyConfig(_Section):
@@ -102,6 +99,17 @@ class StudyConfig(_Section):
     """Cells trained at once; each needs num_workers x cpus_per_worker free CPUs (GPUs)."""
     ray_address: str | None = None
     evaluation: StudyEval = Field(default_factory=StudyEval)
+
+    @field_validator("base_config")
+    @classmethod
+    def _base_config_file(cls, value: str, info: ValidationInfo) -> str:
+        # Relative to the study file first (where its author sees it), else to the working directory.
+        folder = (info.context or {}).get(CONFIG_DIR)
+        if folder is not None and not Path(value).is_absolute() and (Path(folder) / value).exists():
+            value = str(Path(folder) / value)
+        if not Path(value).is_file():
+            raise ValueError(f"file not found: {value}")
+        return value
 
     @field_validator("sizes", "variants")
     @classmethod
@@ -158,32 +166,7 @@ def load_study(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
     ``output_dir`` against the storage root (``storage``, ``$MAGDI_STORAGE``, else the working
     directory; ``config.durable_path``), so a study runs the same from any shell and a submitted job's
     outputs outlive Ray's copy of the working dir."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"study config not found: {path}")
-    tree = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{path}: a study config is a mapping, got {type(tree).__name__}")
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"override {item!r} is not key=value")
-        node = tree
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
-    base = tree.get("base_config")
-    if isinstance(base, str) and not Path(base).is_absolute():
-        candidate = path.parent / base
-        tree["base_config"] = str(candidate if candidate.exists() else Path(base))
-    try:
-        study = StudyConfig.model_validate(tree)
-    except ValidationError as err:
-        lines = [f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in err.errors()]
-        raise ConfigError(f"{path}: " + "; ".join(lines)) from None
-    if not Path(study.base_config).is_file():
-        raise ConfigError(f"{path}: base_config: file not found: {study.base_config}")
+    study = load_yaml_config(StudyConfig, path, overrides, kind="study config")
     study = study.model_copy(update={"output_dir": durable_path(study.output_dir, storage, key="output_dir")})
     for cell in study.cells():  # every cell must resolve before anything starts
         study.cell_config(cell)
