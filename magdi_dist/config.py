@@ -278,6 +278,10 @@ class TrainConfig(_Section):
     """Checkpoint every this many steps (0: only at the end)."""
     keep_last_k: int = Field(2, ge=1)
     """Complete checkpoints kept; older ones are deleted once a newer one is complete."""
+    verify_checkpoints: Literal["hash", "size", "off"] = "hash"
+    """What a resume checks of the checkpoint it takes against the sizes and hashes its marker
+    recorded: ``hash`` reads every file once, ``size`` only stats them. One that fails is set aside
+    (``step-N.corrupt``) and the previous complete one is taken; none left: the run stops (exit 2)."""
     output_dir: str = "runs/magdi"
     """Checkpoints, metrics.jsonl, resolved_config.yaml, tokenizer and the export go here."""
     export: bool = True
@@ -339,7 +343,7 @@ class MAGDiConfig(_Section):
 # Keys that never change the trained weights: a resume may change them freely.
 _HASH_EXCLUDE = {
     "preprocess": {"concurrency", "batch_size", "actor_num_cpus", "num_gpus", "out_dir", "strict"},
-    "train": {"stop_after", "log_every", "eval_every", "eval_max_batches", "save_every", "keep_last_k",
+    "train": {"stop_after", "log_every", "eval_every", "eval_max_batches", "save_every", "keep_last_k", "verify_checkpoints",
               "output_dir", "export", "export_max_shard_size", "peak_flops", "progress", "skip_memory_check"},
 }
 

@@ -78,6 +78,9 @@ class RunSpec(_Frozen):
     """The newest complete checkpoint when the run was resolved (its config hash and world size
     checked), or None. Ranks resume from the newest complete checkpoint in ``output_dir``: this one,
     or a later one of this same run after a restart (``--no-resume`` removed every older one)."""
+    corrupt: list[str] = []
+    """Complete checkpoints newer than ``resume_from`` that failed verification: set aside by the
+    driver (``step-N.corrupt``) before the ranks start, so they resume from ``resume_from``."""
     data: RunData | None = None
     """None until the shards are prepared (``launch.resolve.with_data``); ranks need it."""
 

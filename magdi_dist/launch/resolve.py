@@ -54,12 +54,12 @@ def resolve_run(cfg: MAGDiConfig, *, world_size: int, accelerator: str, resume: 
     run_cfg = cfg.model_copy(update={"model": resolve_lm_passes(cfg.model, ds_config, world_size)})
     run_hash = config_hash(run_cfg)
     out = Path(cfg.train.output_dir)
-    if resume:
-        checkpoint.check_resumable(out, run_hash, world_size)
-    latest = checkpoint.latest_checkpoint(out) if resume else None
+    latest, corrupt = checkpoint.newest_intact(out, cfg.train.verify_checkpoints) if resume else (None, [])
+    if latest is not None:
+        checkpoint.check_state(latest, run_hash, world_size)
     spec = RunSpec(config=run_cfg, config_hash=run_hash, world_size=world_size, accelerator=accelerator,
                    ds_config=ds_config, optimizer=optimizer, shape=shape, resume=resume,
-                   resume_from=str(latest) if latest else None)
+                   resume_from=str(latest) if latest else None, corrupt=[str(p) for p in corrupt])
     if check_memory and not cfg.train.skip_memory_check:
         from magdi_dist.launch.plan import check_fits
 
@@ -80,6 +80,8 @@ def claimed(spec: RunSpec, log=print) -> Iterator[RunSpec]:
     with run_lock(spec.output_dir, log):
         if not spec.resume:
             checkpoint.clear(spec.output_dir)
+        for bad in spec.corrupt:  # newer than the one resumed from: out of the ranks' way, kept to inspect
+            log(f"checkpoint: set aside as {checkpoint.set_aside(Path(bad), checkpoint.verify(Path(bad)))}")
         yield spec
 
 

@@ -67,14 +67,32 @@ def read_state(ckpt: Path) -> dict:
     return json.loads((ckpt / STATE).read_text())
 
 
-def check_resumable(output_dir: str | Path, cfg_hash: str, world_size: int | None) -> dict | None:
-    """The trainer state of the checkpoint a resume would use, after checking it fits this run.
+class CheckpointCorrupt(CheckpointMismatch):
+    """Every complete checkpoint failed verification: nothing is left to resume from."""
 
-    Cheap (reads one JSON), so the CLI calls it before starting any process.
-    """
-    ckpt = latest_checkpoint(output_dir)
-    if ckpt is None:
-        return None
+
+def newest_intact(output_dir: str | Path, check: str = "hash", log=print) -> tuple[Path | None, list[Path]]:
+    """(the newest complete checkpoint whose files verify, the newer complete ones that do not).
+
+    ``check``: "hash", "size" or "off" (``train.verify_checkpoints``). A failing one is reported by
+    file, loudly; CheckpointCorrupt when there are complete checkpoints and none verifies."""
+    done = complete_checkpoints(output_dir)
+    bad: list[Path] = []
+    for ckpt in reversed(done):
+        problems = [] if check == "off" else verify(ckpt, hashes=check == "hash")
+        if not problems:
+            return ckpt, bad
+        log(f"WARNING: checkpoint {ckpt} is corrupt, not resuming from it: " + "; ".join(problems))
+        bad.append(ckpt)
+    if bad:
+        raise CheckpointCorrupt(f"every complete checkpoint in {ckpt_root(output_dir)} failed verification "
+                                f"({', '.join(p.name for p in bad)}); use --no-resume to start over (this "
+                                "deletes them), or train.verify_checkpoints=off to take the newest as it is")
+    return None, bad
+
+
+def check_state(ckpt: Path, cfg_hash: str, world_size: int | None) -> dict:
+    """The trainer state of the checkpoint a resume would use, after checking it fits this run."""
     state = read_state(ckpt)
     if state["config_hash"] != cfg_hash:
         raise CheckpointMismatch(
@@ -119,9 +137,55 @@ def save(engine, output_dir: str | Path, step: int, state: dict, rank: int, keep
         (path / STATE).write_text(json.dumps(state, indent=2))
     barrier()  # every rank's DeepSpeed shards and RNG file are on disk
     if rank == 0:
-        (path / MARKER).write_text(f"{step}\n")
+        # The marker holds every file's size and hash: a resume proves the files are the ones written.
+        # Rank 0 reads them back while they are in the page cache (the disk is shared, see above).
+        record = {"step": step, "files": file_digests(path)}
+        tmp = path / f".{MARKER}.tmp"
+        tmp.write_text(json.dumps(record, indent=1))
+        tmp.rename(path / MARKER)
         _prune(output_dir, keep_last_k)
     return path
+
+
+def file_digests(ckpt: Path) -> dict[str, dict]:
+    from magdi_dist.config import sha256_file
+
+    return {p.relative_to(ckpt).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in sorted(ckpt.rglob("*")) if p.is_file() and not p.name.startswith(f".{MARKER}")
+            and p.name != MARKER}
+
+
+def verify(ckpt: Path, hashes: bool = True) -> list[str]:
+    """What is wrong with a complete checkpoint's files against its marker: [] when nothing. Sizes
+    always; contents too with ``hashes``. A marker of an older version (a step number only) lists no
+    files: nothing to check."""
+    try:
+        record = json.loads((ckpt / MARKER).read_text())
+    except ValueError:
+        return []  # "N\n": written before markers held hashes
+    problems = []
+    for name, want in (record.get("files") or {}).items() if isinstance(record, dict) else []:
+        file = ckpt / name
+        if not file.is_file():
+            problems.append(f"{file}: missing")
+        elif file.stat().st_size != want["size"]:
+            problems.append(f"{file}: {file.stat().st_size} bytes, {want['size']} were written")
+        elif hashes:
+            from magdi_dist.config import sha256_file
+
+            if sha256_file(file) != want["sha256"]:
+                problems.append(f"{file}: content differs from what was written (sha256)")
+    return problems
+
+
+def set_aside(ckpt: Path, problems: list[str]) -> Path:
+    """A checkpoint that failed verification, renamed out of the way (kept for inspection, never
+    resumed from), with the reasons next to it."""
+    bad = ckpt.with_name(f"{ckpt.name}.corrupt")
+    shutil.rmtree(bad, ignore_errors=True)
+    ckpt.rename(bad)
+    (bad / "CORRUPT.txt").write_text("\n".join(problems) + "\n")
+    return bad
 
 
 def _prune(output_dir: str | Path, keep_last_k: int) -> None:

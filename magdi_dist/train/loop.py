@@ -133,6 +133,31 @@ def evaluate(engine, cfg: MAGDiConfig, rows, pad_id: int, info: DistInfo) -> dic
             "eval_target_tokens": targets}
 
 
+class TrainingDiverged(RuntimeError):
+    """A loss term or the gradient norm became NaN or infinite."""
+
+
+FINITE_TERMS = ("loss", "ntp_loss", "margin_loss", "node_loss", "grad_norm")
+
+
+def _not_finite(rec: dict) -> list[str]:
+    return [k for k in FINITE_TERMS if isinstance(rec.get(k), float) and not math.isfinite(rec[k])]
+
+
+def _finite(rec: dict) -> bool:
+    return not _not_finite(rec)
+
+
+def _stop_if_not_finite(records: list[dict]) -> None:
+    """Every rank reads the same all-reduced values, so every rank stops at the same record."""
+    for rec in records:
+        bad = _not_finite(rec)
+        if bad:
+            raise TrainingDiverged(f"step {rec['step']}: {', '.join(f'{k} = {rec[k]}' for k in bad)}; stopped "
+                                   "before it could be checkpointed or exported (the last checkpoint is intact: "
+                                   "lower train.lr or check the data, then resume)")
+
+
 def _check_spec(spec: RunSpec, data: TrainData, info: DistInfo) -> None:
     """The launcher started the ranks the spec was resolved for, on the shards it was resolved with
     (shards rewritten since, e.g. by a preparation with other inputs, would train on other rows)."""
@@ -223,18 +248,21 @@ def train(spec: RunSpec, data: TrainData, *, metrics_callback: MetricsCallback |
             on_checkpoint(result.checkpoint, state)
 
     def log_pending() -> None:
-        """Read the steps since the last read (a collective: every rank, at the same steps)."""
+        """Read the steps since the last read (a collective: every rank, at the same steps). Every
+        read comes before a checkpoint, an eval and the export, so a non-finite step stops the run
+        before it is saved or exported (within ``log_every`` steps of it: checking every step would
+        wait for the device every step)."""
         records = steps.read()
-        if not info.is_main:
-            return
-        for rec in records:
-            result.metrics.append(rec)
-            if rec["step"] % t.log_every == 0 or rec["step"] == stop_at:
-                writer.write(rec)
-            if metrics_callback:
-                metrics_callback(rec["step"], rec)
-        if records:
-            bar.set_postfix(loss=f"{records[-1]['loss']:.4f}", lr=f"{records[-1]['lr']:.2e}")
+        if info.is_main:
+            for rec in records:
+                result.metrics.append(rec)
+                if rec["step"] % t.log_every == 0 or rec["step"] == stop_at or not _finite(rec):
+                    writer.write(rec)  # the step that diverged is on record
+                if metrics_callback:
+                    metrics_callback(rec["step"], rec)
+            if records:
+                bar.set_postfix(loss=f"{records[-1]['loss']:.4f}", lr=f"{records[-1]['lr']:.2e}")
+        _stop_if_not_finite(records)
 
     def run_eval() -> None:
         ev = evaluate(engine, cfg, data.eval, pad_id, info) if data.eval else None
