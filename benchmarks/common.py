@@ -31,9 +31,15 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # torch is imported only after set_threads (the OpenMP pool size is fixed at first use)
     import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS_DIR = ROOT / "benchmarks" / "results"
-DOCS = ROOT / "docs" / "benchmarks.md"
+ROOT = Path(__file__).resolve().parents[1]  # the checkout whose code runs (configs, child processes)
+
+
+def checkout_of(path: Path) -> Path | None:
+    """The source checkout ``path`` is in (the nearest folder holding benchmarks/__main__.py), or None.
+    Results default to the checkout the user stands in, which need not be the one ``magdi_dist`` was
+    installed from."""
+    path = path.resolve()
+    return next((d for d in (path, *path.parents) if (d / "benchmarks" / "__main__.py").is_file()), None)
 
 
 @dataclass
@@ -45,6 +51,7 @@ class Settings:
     workdir: Path = field(default_factory=lambda: Path("/tmp/magdi_bench"))
     reps: int = 9  # interleaved repetitions per timed variant (small models; big ones use fewer)
     peer_reps: int = 15  # steps per variant of the peer figure (SmolLM2-135M: seconds per step)
+    options: dict[str, str] = field(default_factory=dict)  # --set KEY=VALUE (benchmarks/figure.py options)
 
     @property
     def presets(self) -> list[str]:
@@ -55,16 +62,22 @@ class Settings:
         return "tiny-1m" if self.quick else "tiny-20m"
 
 
+def thread_env(n: int) -> None:
+    """The thread settings in the environment only (no torch import): before any module that imports
+    torch, since OpenMP reads them when it is loaded, and so child processes inherit them."""
+    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[key] = str(n)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
 def set_threads(n: int) -> None:
     """Pin intra-op threads (and the env, so torchrun children inherit it) before any timing.
 
     Default 1: with the other engineers' test runs on the same 2 cores, a 2-thread OpenMP pool spins
     against them and one tiny-1m step went from 0.22 s to 1.24 s (measured while writing this).
     """
-    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[key] = str(n)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    thread_env(n)
     import torch
 
     torch.set_num_threads(n)
@@ -218,9 +231,14 @@ def ensure_dist(settings: Settings):
 
 
 def build_engine(module, cfg):
-    from magdi_dist.train.engine import initialize
+    from magdi_dist.train.engine import engine_config, initialize
 
-    engine, _ = initialize(module, cfg, 1, "cpu", total_steps=10**6)
+    # A benchmark is its own driver: it builds the DeepSpeed config a resolved run would hold.
+    # MAGDiStudent has a hidden size, a bare HF model a config; step_overhead's PlainLM neither (None:
+    # DeepSpeed's own bucket sizes, the config it was always timed with).
+    hidden = getattr(module, "hidden_size", None) or getattr(getattr(module, "config", None), "hidden_size", None)
+    ds_config, optimizer = engine_config(cfg, 1, "cpu", hidden)
+    engine, _ = initialize(module, cfg.train, 10**6, ds_config, optimizer)
     engine.train()
     return engine
 

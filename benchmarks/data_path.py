@@ -9,10 +9,8 @@ micro-batch, max_len 128, ZeRO-2, 1 process) and times, without changing what it
 against the step time: the loop's own ``step_time_s`` (wall clock, the whole optimizer step, data
 included) and the process CPU time between consecutive metrics callbacks (the figure; see
 benchmarks/common.py for why CPU time on this shared machine). Step 1 is warm-up and left out.
-Share = data time / step time.
-
-``legacy`` swaps in the collate as it was before the benchmark-driven changes (benchmarks/legacy.py);
-the new and legacy runs alternate (ABBA), so both shares come from the same run and load.
+Share = data time / step time. "Before" in the summary is the share in results/before.json, the run
+taken before the benchmark-driven changes.
 """
 
 from __future__ import annotations
@@ -23,19 +21,18 @@ import time
 from pathlib import Path
 
 from benchmarks.common import Settings, ensure_dist, median, tokenizer
+from benchmarks.figure import Row
 
+NAME = "data_path"
 GOAL = 0.05
 
 
 @contextlib.contextmanager
-def _instrumented(timer: dict, collate_fn=None):
-    """Time the loop's data calls; optionally replace ``magdi_dist.data.collate`` (the loop imports it
-    at call time, so the module attribute is what it uses). Everything is restored on exit."""
-    import magdi_dist.data as data_mod
+def _instrumented(timer: dict):
+    """Time the loop's data calls, without changing them; restored on exit."""
     from magdi_dist.train import loop
 
     orig_collate, orig_iter = loop._collate, loop.LengthGroupedSampler.iter_from
-    orig_data_collate = data_mod.collate
 
     def timed_collate(*args, **kwargs):
         t0, c0 = time.perf_counter(), time.process_time()
@@ -58,18 +55,16 @@ def _instrumented(timer: dict, collate_fn=None):
 
     loop._collate = timed_collate
     loop.LengthGroupedSampler.iter_from = timed_iter
-    if collate_fn is not None:
-        data_mod.collate = collate_fn
     try:
         yield
     finally:
         loop._collate, loop.LengthGroupedSampler.iter_from = orig_collate, orig_iter
-        data_mod.collate = orig_data_collate
 
 
-def one_run(settings: Settings, steps: int, base: str, legacy: bool, workdir: Path) -> dict:
+def one_run(settings: Settings, steps: int, base: str, workdir: Path) -> dict:
     from magdi_dist.config import config_from_dict
     from magdi_dist.data.shards import load_train_data
+    from magdi_dist.launch.resolve import resolve_run, with_data
     from magdi_dist.preprocess.prepare import prepare_data
     from magdi_dist.train.loop import train
 
@@ -81,11 +76,6 @@ def one_run(settings: Settings, steps: int, base: str, legacy: bool, workdir: Pa
         "train": {"max_steps": steps, "micro_batch_size": 8, "lr": 3e-3, "warmup_steps": 4,
                   "deepspeed": "zero2", "output_dir": str(workdir), "export": False, "progress": False},
     })
-    collate_fn = None
-    if legacy:
-        from benchmarks.legacy import legacy_collate
-
-        collate_fn = legacy_collate
     timer = {"wall": 0.0, "cpu": 0.0, "collate_calls": 0, "sampler_wall": 0.0}
     # The timers are cumulative: snapshot them (and the process CPU clock) at each step's callback.
     marks: list[tuple[float, float, float, float]] = []  # (step wall, data wall, data cpu, process cpu)
@@ -94,9 +84,11 @@ def one_run(settings: Settings, steps: int, base: str, legacy: bool, workdir: Pa
         if "step_time_s" in rec:
             marks.append((rec["step_time_s"], timer["wall"], timer["cpu"], time.process_time()))
 
-    data = load_train_data(prepare_data(cfg, engine="local", log=lambda _m: None).manifest)
-    with _instrumented(timer, collate_fn):
-        train(cfg, data, resume=False, metrics_callback=callback)
+    manifest = prepare_data(cfg, engine="local", log=lambda _m: None).manifest
+    spec = with_data(resolve_run(cfg, world_size=1, accelerator="cpu", resume=False), manifest)
+    data = load_train_data(manifest)
+    with _instrumented(timer):
+        train(spec, data, metrics_callback=callback)
     # Per-step deltas; step 1 (warm-up) only serves as the origin of step 2's deltas.
     steps = [(m[0], m[1] - p[1], m[2] - p[2], m[3] - p[3]) for p, m in zip(marks[:-1], marks[1:], strict=True)]
     step_wall, data_wall = sum(x[0] for x in steps), sum(x[1] for x in steps)
@@ -112,18 +104,14 @@ def one_run(settings: Settings, steps: int, base: str, legacy: bool, workdir: Pa
     }
 
 
-def run(settings: Settings, with_legacy: bool = True) -> dict:
+def run(settings: Settings) -> dict:
     ensure_dist(settings)
     tokenizer(settings)
     steps = 4 if settings.quick else 20
     base = "tiny-1m"
-    order = ["new", "legacy"] if with_legacy else ["new"]
-    rounds = 1  # each run is 20 steps; on the CPU clock one run per variant is stable enough
-    runs: dict[str, list[dict]] = {k: [] for k in order}
-    for r in range(rounds):
-        for kind in order if r % 2 == 0 else list(reversed(order)):
-            with tempfile.TemporaryDirectory(dir=settings.workdir) as tmp:
-                runs[kind].append(one_run(settings, steps, base, kind == "legacy", Path(tmp)))
+    runs: dict[str, list[dict]] = {"new": []}  # one run of 20 steps: stable enough on the CPU clock
+    with tempfile.TemporaryDirectory(dir=settings.workdir) as tmp:
+        runs["new"].append(one_run(settings, steps, base, Path(tmp)))
     summary = {k: {"share": median([x["share"] for x in v]), "share_wall": median([x["share_wall"] for x in v]),
                    "step_s": median([x["step_cpu_s_median"] for x in v]),
                    "data_s": median([x["data_cpu_s_median"] for x in v]), "runs": v} for k, v in runs.items()}
@@ -139,3 +127,14 @@ def run(settings: Settings, with_legacy: bool = True) -> dict:
         "steps_per_run": steps,
         "variants": summary,
     }
+
+
+def rows(result: dict) -> list[Row]:
+    return [Row("data_path", "Data path: share of step time waiting for data (real loop, tiny-1m, CPU time)",
+                result["variants"]["new"]["share"], result["goal"], result["met"], "pct")]
+
+
+def details(f: dict) -> str:
+    st = "; ".join(f"{k}: {d['share']:.2%} (data {d['data_s'] * 1e3:.1f} ms of {d['step_s'] * 1e3:.0f} ms CPU per "
+                   f"step; wall clock {d['share_wall']:.2%})" for k, d in f["variants"].items())
+    return f"- Data path ({f['steps_per_run']} steps per run): {st}."

@@ -2,8 +2,9 @@
 measured matmul peak, at the same thread count, plus tokens/s.
 
 The training samples are the step-overhead figure's tiny-20m ones (benchmarks/step_overhead.py:
-the frozen MAGDi step there is exactly this workload, so it is timed once); ``legacy_frozen`` is the
-pre-optimisation student on the same batches (before), ``plain`` the plain LM for reference.
+the frozen MAGDi step there is exactly this workload, so it is timed once); ``plain`` is the plain LM
+for reference. "Before" in the summary is the MFU of results/before.json, the run taken before the
+benchmark-driven changes.
 
 Achieved FLOPs are counted as the training loop counts them (model/flops.py: 6 per trained weight
 per token, 4 per frozen one, the output head only on the positive rows, attention over each row's
@@ -24,12 +25,14 @@ from __future__ import annotations
 import torch
 
 from benchmarks.common import Settings, ensure_dist, median, peak_flops
+from benchmarks.figure import Row
 from benchmarks.step_overhead import measure_preset
 
+NAME = "mfu"
 GOAL = 0.35
 
 
-def run(settings: Settings, with_legacy: bool = True) -> dict:
+def run(settings: Settings) -> dict:
     from magdi_dist.train.metrics import measure_peak_flops
 
     ensure_dist(settings)
@@ -37,7 +40,7 @@ def run(settings: Settings, with_legacy: bool = True) -> dict:
     n_peak = 256 if settings.quick else 1024
     bf16_peak = peak_flops(torch.bfloat16, n=128 if settings.quick else 512, repeats=2)
     trainer_peak = measure_peak_flops(torch.device("cpu"), torch.float32, n=n_peak)  # what train() would use
-    r = measure_preset(settings, base, with_legacy)  # shared with the step-overhead figure
+    r = measure_preset(settings, base)  # shared with the step-overhead figure
     peaks = r["peaks"]
     best_peak = max(p["wall"] for p in peaks)
 
@@ -53,7 +56,7 @@ def run(settings: Settings, with_legacy: bool = True) -> dict:
             "tokens_per_cpu_s": tokens / median(cpu),
         }
 
-    per_variant = {k: mfu_of(k) for k in ("frozen", "live", "legacy_frozen", "plain") if k in r["flops_per_sample"]}
+    per_variant = {k: mfu_of(k) for k in ("frozen", "live", "plain") if k in r["flops_per_sample"]}
     after = per_variant["frozen"]
     return {
         "figure": "mfu",
@@ -74,5 +77,19 @@ def run(settings: Settings, with_legacy: bool = True) -> dict:
         "peak_fp32_gflops_train_metrics": trainer_peak / 1e9,
         "peak_bf16_gflops": bf16_peak["cpu"] / 1e9,
         "variants": per_variant,
-        "legacy": per_variant.get("legacy_frozen", {}),
     }
+
+
+def rows(result: dict) -> list[Row]:
+    return [Row("mfu", f"MFU, {result['preset']} fp32 (model FLOPs / measure_peak_flops, wall clock as in "
+                "metrics.jsonl)", result["value"], result["goal"], result["met"], "pct")]
+
+
+def details(f: dict) -> str:
+    per = "; ".join(f"{k}: MFU {d['mfu']:.1%} (best {d['mfu_best']:.1%}, CPU clock {d['mfu_cpu']:.1%}), "
+                    f"{d['tokens_per_s']:.0f} tokens/s, {d['achieved_gflops']:.1f} GFLOP/s"
+                    for k, d in f["variants"].items())
+    return (f"- MFU {f['preset']} ({f['micro_batch_pairs']} pairs per micro-batch): peak fp32 "
+            f"{f['peak_fp32_gflops']:.1f} GFLOP/s (measure_peak_flops, wall clock, best of the run; "
+            f"{f['peak_fp32_gflops_cpu']:.1f} on the CPU clock), bf16 {f['peak_bf16_gflops']:.2f} GFLOP/s, "
+            f"same thread count. {per}.")

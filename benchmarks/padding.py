@@ -19,7 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import ROOT, Settings, tokenizer
+from benchmarks.figure import Row
 
+NAME = "padding"
 DEBATE = ROOT.parent / "shared" / "data" / "mag" / "debate_du" / "gsm_3_3_top100.json"
 GROUPS = (1, 8, 32)
 
@@ -85,3 +87,25 @@ def run(settings: Settings) -> dict:
         "sets": out,
         "source_missing": None if DEBATE.exists() else str(Path(DEBATE)),
     }
+
+
+SETS = {"gsm8k_debate": "GSM8K debate rows", "synthetic": "synthetic demo rows"}
+
+
+def rows(result: dict) -> list[Row]:
+    """Length grouping's default (group 8); "before" is the same batches as collated, placeholder rows
+    for pairs without a negative included (what the LM ran before the student dropped them)."""
+    g = result["sets"][result["dataset"]]["by_group"]["8"]
+    return [Row("padding", f"Padded fraction of LM positions, {SETS.get(result['dataset'], result['dataset'])}, "
+                "length grouping on", g["padded_fraction_lm"], result["goal"], None, "pct",
+                before=g["padded_fraction_collated"], before_source="same run")]
+
+
+def details(result: dict) -> str:
+    out = []
+    for name, s in result["sets"].items():
+        g = s["by_group"]
+        st = ", ".join(f"group {k}: {g[k]['padded_fraction_collated']:.1%} collated / "
+                       f"{g[k]['padded_fraction_lm']:.1%} LM" for k in sorted(g, key=int))
+        out.append(f"- Padding {name} ({s['rows']} rows, {s['no_negative_fraction']:.0%} without a negative): {st}.")
+    return "\n".join(out)

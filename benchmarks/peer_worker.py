@@ -72,13 +72,15 @@ def run_project(spec: dict, variant: str) -> None:
     """This project's training loop on one rank (DeepSpeed as the config says)."""
     from magdi_dist.config import load_config
     from magdi_dist.data.shards import load_train_data
+    from magdi_dist.launch.resolve import resolve_run, with_data
     from magdi_dist.train.loop import train
 
     cfg = load_config(spec["config"], spec["overrides"] + spec["variants"][variant]
                       + [f"train.output_dir={Path(spec['workdir']) / variant}"])
     data = load_train_data(spec["manifest"])
+    run = with_data(resolve_run(cfg, world_size=1, accelerator="cpu", resume=False), spec["manifest"])
     pause = Pauser(variant, spec.get("profile_dir"))
-    train(cfg, data, resume=False, metrics_callback=lambda step, rec: pause(step, rec))
+    train(run, data, metrics_callback=lambda step, rec: pause(step, rec))
 
 
 def peer_dataset(spec: dict):

@@ -14,14 +14,15 @@ micro-batch per optimizer step, the real GSM8K teacher chains of configs/smollm2
   TRL's default is on);
 * ``magdi``: this project's default objective (NTP + margin + node loss, frozen features) on the same
   batches, i.e. the same positive chains plus the negative rows of the pairs that have one (at one rank
-  ``model.lm_passes: auto`` runs them as two passes; benchmarks/lm_passes.py measures one against two);
+  ``model.lm_passes: auto`` runs them as two passes; benchmarks/experiments/lm_passes.py measures one
+  against two);
 * ``sft_aa``: a second, identical ``sft``: the A/A control (its ratio to ``sft`` is the noise floor).
 
 Cores: each variant is one process with ``--threads`` intra-op threads (default 1) and world size 1,
 and only one of them trains at a time (the parent steps them in ABC..CBA order, one optimizer step
 each per repetition, benchmarks/peer_worker.py), so each gets the same core(s). Node features are zero
 (``data.features: zero``): the step costs the same whatever their values, and it saves the SmolLM2
-forward over every node text (timed separately: benchmarks/preprocess_bench.py, real student).
+forward over every node text (timed separately: benchmarks/preprocessing.py, real student).
 
 Figures: tokens/s of positive-chain tokens, step time, peak RSS per process, and the ratios (a)/(b) =
 ``sft`` tokens/s over ``peer`` tokens/s and (c)/(a) = ``magdi`` time per positive token over ``sft``'s,
@@ -46,8 +47,11 @@ from itertools import islice
 from pathlib import Path
 
 from benchmarks.common import ROOT, Settings, child_env, commit_id
-from benchmarks.peer_report import VARIANTS, checks, flop_constants, summarise
+from benchmarks.figure import BENCH_EXTRA, Row
+from benchmarks.peer_report import VARIANTS, checks, flop_constants, markdown, summarise
 
+NAME = "peers"
+NEEDS = (BENCH_EXTRA,)  # TRL's SFTTrainer, and the datasets it trains from
 CONFIG = ROOT / "configs" / "smollm2_gsm8k.yaml"
 STUDENT = "smollm2-135m-instruct"
 PROJECT = {"sft": ["model.margin_weight=0", "model.node_weight=0"],
@@ -300,3 +304,10 @@ def run(settings: Settings) -> dict:
         "loadavg": list(os.getloadavg()),
     }
 
+
+def rows(result: dict) -> list[Row]:
+    return [Row(g["id"], g["label"], g["value"], g["goal"], g["met"], g.get("kind", "x")) for g in result["goals"]]
+
+
+def details(result: dict) -> str:
+    return "\n".join(markdown(result))

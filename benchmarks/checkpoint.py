@@ -16,6 +16,9 @@ import time
 from pathlib import Path
 
 from benchmarks.common import Settings, build_engine, ensure_dist, make_config, median, synthetic_rows, tokenizer
+from benchmarks.figure import Row
+
+NAME = "checkpoint"
 
 
 def _dir_bytes(path: Path) -> int:
@@ -98,3 +101,16 @@ def run(settings: Settings) -> dict:
         "filesystem": _fs_type(settings.workdir),
         "sizes": rows,
     }
+
+
+def rows(result: dict) -> list[Row]:
+    big, small = result["sizes"][-1]["preset"], result["sizes"][0]["preset"]
+    return [Row("checkpoint", f"Checkpoint save time ratio / bytes ratio, {big} vs {small}", result["value"],
+                result["goal"], result["met"])]
+
+
+def details(f: dict) -> str:
+    st = "; ".join(f"{s['preset']} {s['bytes'] / 2**20:.0f} MiB: save {s['save_s']:.2f} s ({s['save_MBps']:.0f} MB/s, "
+                   f"x{s['save_throughput_ratio']:.2f}), restore {s['restore_s']:.2f} s ({s['restore_MBps']:.0f} MB/s, "
+                   f"x{s['restore_throughput_ratio']:.2f})" for s in f["sizes"])
+    return f"- Checkpoint ({f['filesystem']}; x = throughput vs tiny-1m): {st}."

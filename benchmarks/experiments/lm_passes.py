@@ -1,6 +1,6 @@
 """One padded LM pass or two (``model.lm_passes``), side by side on the real student.
 
-    python -m benchmarks.lm_passes [--reps 1] [--threads 1] [--quick]
+    python -m benchmarks --only lm_passes [--set reps=1] [--threads 1] [--quick]
 
 SmolLM2-135M-Instruct with the peer figure's LoRA, data and micro-batches (benchmarks/peers.py
 ``plan``: the same 15 timed batches), in one process, one intra-op thread. Per batch, forward and
@@ -18,18 +18,18 @@ median and range as the noise.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import time
-from pathlib import Path
 
-from benchmarks.common import RESULTS_DIR, Settings, commit_id, median, set_threads
+from benchmarks.common import Settings, commit_id, median
+from benchmarks.figure import Row, options
 
+NAME = "lm_passes"
+OPTIONS = {"reps": 1}  # passes over the peer figure's timed batches
 ORDER = ("sft", "one", "split")
 
 
-def run(settings: Settings, reps: int) -> dict:
+def run(settings: Settings) -> dict:
     import torch
 
     from benchmarks.peers import plan
@@ -49,6 +49,7 @@ def run(settings: Settings, reps: int) -> dict:
     pad_id = spec["peer"]["pad_id"]  # as the training loop pads
     students = {"magdi": MAGDiStudent(cfgs["one"].model, tokenizer=tok, feature_dim=data.feature_dim).train()}
     students["sft"] = MAGDiStudent(cfgs["sft"].model, lm=students["magdi"].lm, feature_dim=data.feature_dim).train()
+    reps = options(settings, OPTIONS)["reps"]
     batches = spec["batches"][spec["warmup"]:]
     cpu: dict[str, list[float]] = {k: [] for k in ORDER}
     k = 0
@@ -80,20 +81,15 @@ def run(settings: Settings, reps: int) -> dict:
             "samples_cpu_s": cpu, "loadavg": list(os.getloadavg())}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.lm_passes")
-    parser.add_argument("--reps", type=int, default=1, help="passes over the 15 batches")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/magdi_bench"))
-    parser.add_argument("--json", type=Path, default=RESULTS_DIR / "lm_passes.json")
-    parser.add_argument("--quick", action="store_true", help="smoke-test size: a tiny student, one batch")
-    args = parser.parse_args(argv)
-    set_threads(args.threads)
-    result = run(Settings(quick=args.quick, threads=args.threads, workdir=args.workdir), args.reps)
-    args.json.write_text(json.dumps(result, indent=2))
-    print(json.dumps({k: v for k, v in result.items() if k != "samples_cpu_s"}, indent=2))
-    return 0
+LABELS = {"split_vs_one": "two LM passes / one", "one_vs_sft": "one pass / SFT", "split_vs_sft": "two passes / SFT"}
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def rows(result: dict) -> list[Row]:
+    return [Row(f"lm_passes_{k}", f"LM passes, SmolLM2-135M LoRA forward + backward: {LABELS[k]}, CPU time (total "
+                "over total)", r["value"]) for k, r in result["ratios"].items()]
+
+
+def details(result: dict) -> str:
+    st = "; ".join(f"{LABELS[k]} {r['value']:.3f}x (per batch: median {r['paired_median']:.3f}, range "
+                   f"{r['min']:.2f}-{r['max']:.2f})" for k, r in result["ratios"].items())
+    return f"- LM passes ({result['what']}; {result['date']}, commit {result['commit']}): {st}."

@@ -1,7 +1,7 @@
 """Where the peer figure's difference comes from: the output head + NTP loss alone, forward and backward,
-this project's way against TRL's, interleaved, CPU time, one thread:
+this project's way against TRL's, interleaved, CPU time, ``--threads`` threads (default 1):
 
-    python -m benchmarks.peer_head [--rows 2] [--tokens 300] [--prompt 100] [--reps 7]
+    python -m benchmarks --only peer_head [--set rows=2 tokens=300 prompt=100 reps=7]
 
 * ``project``: ``model/forward.py`` + ``model/losses.ntp_loss``: the head on every position of the
   positive rows, full [rows, T, V] logits, ``F.cross_entropy``;
@@ -12,26 +12,23 @@ this project's way against TRL's, interleaved, CPU time, one thread:
 * ``trl_logprob_only``: the same kernel asked for log-probs only (what its loss alone needs).
 
 SmolLM2-135M's head shape (d 576, V 49,152), frozen (tied embedding under LoRA), random values (the
-cost does not depend on them). Not part of ``python -m benchmarks``: it explains one of its figures.
+cost does not depend on them). Not in the default run: it explains one of its figures.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 
-from benchmarks.common import median, set_threads
+from benchmarks.common import Settings, median
+from benchmarks.figure import BENCH_EXTRA, Row, options
+
+NAME = "peer_head"
+NEEDS = (BENCH_EXTRA,)
+OPTIONS = {"rows": 2, "tokens": 300, "prompt": 100, "reps": 7}  # prompt: leading positions without a label
+QUICK = {"tokens": 32, "prompt": 8, "reps": 1}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rows", type=int, default=2)
-    p.add_argument("--tokens", type=int, default=300)
-    p.add_argument("--prompt", type=int, default=100, help="leading positions without a label")
-    p.add_argument("--reps", type=int, default=7)
-    args = p.parse_args(argv)
-    set_threads(1)
+def run(settings: Settings) -> dict:
     import torch
     from trl.kernels import ChunkedLogProbFunction
     from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE
@@ -39,10 +36,11 @@ def main(argv: list[str] | None = None) -> dict:
     from magdi_dist.model.losses import ntp_loss
 
     gen = torch.Generator().manual_seed(0)
-    B, T, d, V = args.rows, args.tokens, 576, 49152
+    o = options(settings, OPTIONS, QUICK)
+    B, T, d, V = o["rows"], o["tokens"], 576, 49152
     weight = torch.randn(V, d, generator=gen) * 0.02
     labels = torch.randint(0, V, (B, T), generator=gen)
-    labels[:, : args.prompt] = -100
+    labels[:, : o["prompt"]] = -100
 
     def project() -> None:
         h = torch.randn(B, T, d, requires_grad=True)
@@ -63,18 +61,23 @@ def main(argv: list[str] | None = None) -> dict:
     for f in variants.values():
         f()
     cpu: dict[str, list[float]] = {k: [] for k in variants}
-    for rep in range(args.reps):
+    for rep in range(o["reps"]):
         for name in variants if rep % 2 == 0 else reversed(list(variants)):
             t0 = time.process_time()
             variants[name]()
             cpu[name].append(time.process_time() - t0)
-    result = {"rows": B, "tokens": T, "cpu_s": {k: median(v) for k, v in cpu.items()},
-              "ratio_to_project": {k: median([a / b for a, b in zip(v, cpu["project"], strict=True)])
-                                   for k, v in cpu.items()},
-              "samples_cpu_s": cpu}
-    print(json.dumps(result, indent=1))
-    return result
+    return {"figure": NAME, "rows": B, "tokens": T, "cpu_s": {k: median(v) for k, v in cpu.items()},
+            "ratio_to_project": {k: median([a / b for a, b in zip(v, cpu["project"], strict=True)])
+                                 for k, v in cpu.items()},
+            "samples_cpu_s": cpu}
 
 
-if __name__ == "__main__":
-    main()
+def rows(result: dict) -> list[Row]:
+    return [Row(f"peer_head_{k}", f"Output head + NTP loss, forward + backward, SmolLM2-135M shape, {result['rows']} "
+                f"rows x {result['tokens']} tokens: {k} / this project's, CPU time", v)
+            for k, v in result["ratio_to_project"].items() if k != "project"]
+
+
+def details(result: dict) -> str:
+    st = "; ".join(f"{k} {result['cpu_s'][k] * 1e3:.0f} ms ({v:.2f}x)" for k, v in result["ratio_to_project"].items())
+    return f"- Peer head ({result['rows']} rows x {result['tokens']} tokens, median CPU time per call): {st}."

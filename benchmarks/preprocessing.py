@@ -1,4 +1,4 @@
-"""Preprocessing throughput, two parts, every point repeated (``--reps``, default 3) with medians and ranges:
+"""Preprocessing throughput, two parts, every point repeated (``reps``, default 3) with medians and ranges:
 
 1. *Pipeline*: synthetic 3x3 MAGs at 1k, 2k and 4k MAGs, a micro feature model (so the pipeline's own
    costs stay visible: parse, rows, Parquet, Ray Data), three variants: the single-process loop
@@ -8,20 +8,21 @@
    discussions (the first N MAGs of the config's files), per MAG, single process and Ray with 1 and 2
    actors. Two MAGs per shard, so two actors have shards to share.
 
-    python -m benchmarks.preprocess_bench [--sizes 1000 2000 4000] [--real-sizes 4 8] [--reps 3]
+    python -m benchmarks --only preprocessing [--set sizes=1000,2000,4000 real_sizes=4,8 reps=3]
+
+(``real_sizes=`` skips the real student; ``--quick``: 60 and 120 MAGs, one repetition, no real student.)
 
 Each run starts from an empty output directory (all work done), so its wall time is what a user pays:
 hashing, fingerprinting, Ray Data's actor start-up (each actor imports torch and loads the model), the
 features and the Parquet writes. Within a repetition the variants alternate ABC at one size and CBA at
 the next. Start-up and marginal cost are separated by a fit ``seconds = fixed + per_mag * MAGs`` over the
 sizes of each repetition; the figures are the medians of the per-repetition fits (range next to them),
-and a speed-up is the median of per-repetition ratios. Results: ``results/preprocess.json`` (raw runs)
-and the preprocessing figure of ``python -m benchmarks`` (tables generated into docs/benchmarks.md).
+and a speed-up is the median of per-repetition ratios. Results: ``results/preprocessing.json`` (raw runs
+and the figure; tables generated into docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -30,7 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import RESULTS_DIR, ROOT, Settings, machine_info, median, set_threads, tokenizer
+from benchmarks.common import ROOT, Settings, machine_info, median, tokenizer
+from benchmarks.figure import Row, options
+
+NAME = "preprocessing"
+OPTIONS = {"sizes": [1000, 2000, 4000], "real_sizes": [4, 8], "reps": 3}
+QUICK = {"sizes": [60, 120], "real_sizes": [], "reps": 1}
 
 MAGS_PER_FILE = 500  # the unit of work is a file: inputs arrive as several files, as teacher dumps do
 RECORDS_PER_SHARD = 250
@@ -80,9 +86,9 @@ def sweep(root: Path, sizes: list[int], reps: int, inputs_of, spec, **pre) -> li
     for rep in range(reps):
         for n in sizes:
             for engine, workers in VARIANTS if k % 2 == 0 else reversed(VARIANTS):
-                run = {"rep": rep, **one_run(root, inputs_of(n), spec, engine, workers, **dict(pre))}
-                print(json.dumps(run), flush=True)
-                runs.append(run)
+                rec = {"rep": rep, **one_run(root, inputs_of(n), spec, engine, workers, **dict(pre))}
+                print(json.dumps(rec), flush=True)
+                runs.append(rec)
             k += 1
     return runs
 
@@ -207,47 +213,43 @@ def markdown(fig: dict) -> list[str]:
     return out
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 2000, 4000])
-    parser.add_argument("--real-sizes", type=int, nargs="*", default=[4, 8], help="[] skips the real student")
-    parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/magdi_bench_pre"))
-    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
-    args = parser.parse_args(argv)
-
+def run(settings: Settings) -> dict:
     from magdi_dist.preprocess.featurize import FeatureSpec
     from magdi_dist.preprocess.session import ray_session
 
-    settings = Settings(threads=1, workdir=args.workdir)
-    set_threads(1)
+    opts = options(settings, OPTIONS, QUICK)
+    workdir = settings.workdir / "preprocess"
     tokenizer(settings)  # configs/tiny.yaml's tokenizer kind (BPE, vocab 512), trained once
-    spec = FeatureSpec(tokenizer=str(args.workdir / "tokenizer"), model=MICRO, rows={"max_length": 256})
+    spec = FeatureSpec(tokenizer=str(settings.workdir / "tokenizer"), model=MICRO, rows={"max_length": 256})
     result: dict = {"machine": machine_info(settings), "mags_per_file": MAGS_PER_FILE,
                     "records_per_shard": RECORDS_PER_SHARD, "real_records_per_shard": REAL_RECORDS_PER_SHARD}
     # One Ray for all Ray runs: 2 actors + parse tasks on 3 logical CPUs (2 physical cores).
     with ray_session(num_cpus=3, object_store_bytes=256 * 1024**2):
         t0 = time.perf_counter()
-        runs = sweep(args.workdir, args.sizes, args.reps, lambda n: str(write_inputs(args.workdir, n) / "*.jsonl"),
+        runs = sweep(workdir, opts["sizes"], opts["reps"], lambda n: str(write_inputs(workdir, n) / "*.jsonl"),
                      spec, records_per_shard=RECORDS_PER_SHARD)
         result["pipeline"] = {**summarise(runs), "runs": runs, "seconds": time.perf_counter() - t0}
         real = None
-        if args.real_sizes:
+        if opts["real_sizes"]:
             t0 = time.perf_counter()
-            subsets = {n: real_inputs(args.workdir, n) for n in args.real_sizes}
-            real_spec, reader = subsets[args.real_sizes[0]][1], subsets[args.real_sizes[0]][2]
-            runs = sweep(args.workdir, args.real_sizes, args.reps, lambda n: subsets[n][0], real_spec,
+            subsets = {n: real_inputs(workdir, n) for n in opts["real_sizes"]}
+            real_spec, reader = subsets[opts["real_sizes"][0]][1], subsets[opts["real_sizes"][0]][2]
+            runs = sweep(workdir, opts["real_sizes"], opts["reps"], lambda n: subsets[n][0], real_spec,
                          records_per_shard=REAL_RECORDS_PER_SHARD, **reader)
             real = result["real"] = {**summarise(runs), "runs": runs, "seconds": time.perf_counter() - t0,
                                      "config": str(REAL_CONFIG.relative_to(ROOT)),
                                      "model": str(real_spec.model)}
     result["loadavg_end"] = list(os.getloadavg())
     result["goals"] = goals(result["pipeline"], real)
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    (args.results_dir / "preprocess.json").write_text(json.dumps(result, indent=2) + "\n")
-    print("\n".join(markdown(result)))
-    return result
+    head = result["goals"][0]
+    return {"figure": NAME, "what": "single process vs Ray Data with 1 and 2 feature actors, repeated; SmolLM2 "
+            "frozen-feature cost per MAG", "value": head["value"], "goal": head["goal"], "met": head["met"], **result}
 
 
-if __name__ == "__main__":
-    main()
+def rows(result: dict) -> list[Row]:
+    return [Row(g["id"], g["label"], g["value"], g["goal"], g["met"], g.get("kind", "x")) for g in result["goals"]]
+
+
+def details(result: dict) -> str:
+    return "\n".join([f"Preprocessing (`benchmarks/{NAME}.py`; raw runs in `results/{NAME}.json`):", "",
+                      *markdown(result)]).rstrip("\n")
