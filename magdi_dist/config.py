@@ -12,40 +12,28 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
-from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, NoReturn, TypeVar
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from magdi_dist.config_loader import (
+    CONFIG_DIR,
+    ConfigError,
+    apply_override,
+    exit_on_error,
+    load_yaml_config,
+    or_exit,
+    validate_config,
+)
+
+# The loader, re-exported: ``from magdi_dist.config import ConfigError`` is how the packages name it.
+__all__ = ["CONFIG_DIR", "ConfigError", "apply_override", "exit_on_error", "load_yaml_config", "or_exit",
+           "validate_config"]
 
 DS_PRESET_DIR = Path(__file__).resolve().parent.parent / "ds_configs"
 DS_PRESETS = ("zero0", "zero1", "zero2", "zero3", "zero3_offload")
-
-
-class ConfigError(ValueError):
-    """A config that cannot run; the message names the offending key(s)."""
-
-
-_Loaded = TypeVar("_Loaded")
-
-
-def exit_on_error(err: BaseException) -> NoReturn:
-    """How every entry point fails on input the user must fix: one ``error: ...`` line on stderr and
-    exit code 2 (``or_exit``, and the CLI for all its commands)."""
-    print(f"error: {err}", file=sys.stderr)
-    raise SystemExit(2) from None
-
-
-def or_exit(load: Callable[..., _Loaded], *args: Any) -> _Loaded:
-    """``load(*args)`` at an entry point (a ray_jobs script, ``python -m magdi_dist.launch.rank``): a
-    ConfigError (it names the key) ends the process through ``exit_on_error``, before any rank or Ray
-    worker starts."""
-    try:
-        return load(*args)
-    except ConfigError as err:
-        exit_on_error(err)
 
 
 class _Section(BaseModel):
@@ -343,8 +331,9 @@ class MAGDiConfig(_Section):
 # Keys that never change the trained weights: a resume may change them freely.
 _HASH_EXCLUDE = {
     "preprocess": {"concurrency", "batch_size", "actor_num_cpus", "num_gpus", "out_dir", "strict"},
-    "train": {"stop_after", "log_every", "eval_every", "eval_max_batches", "save_every", "keep_last_k", "verify_checkpoints",
-              "output_dir", "export", "export_max_shard_size", "peak_flops", "progress", "skip_memory_check"},
+    "train": {"stop_after", "log_every", "eval_every", "eval_max_batches", "save_every", "keep_last_k",
+              "verify_checkpoints", "output_dir", "export", "export_max_shard_size", "peak_flops", "progress",
+              "skip_memory_check"},
 }
 
 
@@ -423,84 +412,6 @@ def describe_config(model: type[BaseModel] = MAGDiConfig, prefix: str = "") -> s
                        else json.dumps(field.get_default(call_default_factory=True), default=str))
             lines.append(f"{key} = {default}\n    {doc}")
     return "\n".join(lines)
-
-
-def apply_override(tree: dict, item: str) -> None:
-    """Apply one ``a.b.c=value`` (value parsed as YAML: 1e-3, true, [1, 2], null) in place."""
-    if "=" not in item:
-        raise ConfigError(f"override {item!r} must look like key.sub=value")
-    key, raw = item.split("=", 1)
-    parts = key.strip().split(".")
-    if not all(parts):
-        raise ConfigError(f"override {item!r}: empty key component")
-    node = tree
-    for depth, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            where = ".".join(parts[: depth + 1])
-            raise ConfigError(f"override {item!r}: {where} is a value ({child!r}), not a section")
-        node = child
-    try:
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"override {item!r}: the value is not YAML ({_one_line(err)})") from None
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
-
-
-def _format_errors(err: ValidationError, kind: str, source: str | None) -> str:
-    """The one error format of every config: its kind, where it came from, then each bad key and why,
-    all on one line, so every entry point reports it as a single ``error: ...`` line."""
-    problems = []
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<root>"
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
-        problems.append(f"{key}: {_one_line(msg)}")
-    where = f" ({source})" if source else ""
-    return f"invalid {kind}{where}: " + "; ".join(problems)
-
-
-_Model = TypeVar("_Model", bound=BaseModel)
-# Validation context key of load_yaml_config: the folder of the config file (None without a file), so a
-# validator can resolve a relative path where the file's author sees it (a study's base_config).
-CONFIG_DIR = "config_dir"
-
-
-def validate_config(model_type: type[_Model], tree: Any, *, kind: str = "config", source: str | None = None,
-                    context: dict[str, Any] | None = None) -> _Model:
-    """``tree`` validated as ``model_type``; a ValidationError becomes one ConfigError that names the
-    ``kind`` of config, its ``source`` (a file, "command-line flags") and every bad key."""
-    try:
-        return model_type.model_validate(tree, context=context)
-    except ValidationError as err:
-        raise ConfigError(_format_errors(err, kind, source)) from None
-
-
-def load_yaml_config(model_type: type[_Model], path: str | Path | None, overrides: Sequence[str] = (), *,
-                     kind: str = "config", values: Mapping[str, Any] | None = None) -> _Model:
-    """The config loader of every command: YAML file ``path`` (None: nothing, only defaults), then the
-    ``key.sub=value`` ``overrides`` in order, then ``values`` (top-level keys, e.g. the flags a command
-    was given), validated as ``model_type``. Every failure is a ConfigError naming the file and key."""
-    tree: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{kind} file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({_one_line(err)})") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level of a {kind} must be a mapping of its keys "
-                              f"({', '.join(model_type.model_fields)}), got {type(loaded).__name__}")
-        tree = loaded
-    for item in overrides:
-        apply_override(tree, item)
-    tree.update(values or {})
-    return validate_config(model_type, tree, kind=kind, source=None if path is None else str(path),
-                           context={CONFIG_DIR: None if path is None else path.parent})
 
 
 def config_from_dict(tree: dict[str, Any]) -> MAGDiConfig:
