@@ -18,122 +18,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from mag_records import (
+    debate_entry,
+    debate_with,
+    delitem,
+    jsonl_record,
+    jsonl_with,
+    magdi_record,
+    magdi_with,
+    rename,
+    setitem,
+    write_debate,
+    write_jsonl,
+    write_magdi,
+)
 
 from magdi_dist.mag.errors import MAGInputError
 from magdi_dist.mag.readers import FORMATS, ReadLimits, read_mags
-
-# --- builders ------------------------------------------------------------------------------------
-
-
-def magdi_record(i: int = 0) -> dict:
-    return {
-        "question": f"Tom has {i} apples and buys 12 more. How many does he have?",
-        "gold_answer": str(i + 12),
-        "claude_output_0": {"reasoning": f"{i} + 12 = {i + 12}.", "answer": str(i + 12)},
-        "gpt3_output_0": {"reasoning": f"{i} + 12 = {i + 13}.", "answer": str(i + 13)},
-        "bard_output_0": {"reasoning": f"{i} plus 12 is {i + 12}.", "answer": str(i + 12)},
-        "gpt3_output_1": {"reasoning": f"I agree: {i + 12}.", "answer": str(i + 12)},
-        "gpt3_pred_1": str(i + 12),  # ReConcile bookkeeping: ignored
-        "vote_0": [str(i + 12), str(i + 13), str(i + 12)],
-    }
-
-
-def jsonl_record(i: int = 0) -> dict:
-    return {
-        "id": f"q-{i}",
-        "task": "numeric",
-        "question": f"What is {i} + 1?",
-        "gold_answer": str(i + 1),
-        "responses": [
-            {"agent": "a", "round": 0, "reasoning": f"{i} + 1 = {i + 1}", "answer": str(i + 1)},
-            {"agent": "b", "round": 0, "reasoning": f"{i} + 1 = {i + 2}", "answer": str(i + 2)},
-            {"agent": "a", "round": 1, "reasoning": f"Still {i + 1}", "answer": str(i + 1)},
-        ],
-    }
-
-
-def debate_entry(i: int = 0) -> tuple[str, list]:
-    def history(ans: int) -> list[dict]:
-        return [
-            {"role": "user", "content": f"Solve: {i} + 5"},
-            {"role": "assistant", "content": f"{i} + 5 = {ans}. \\boxed{{{ans}}}"},
-            {"role": "user", "content": "Other agents said ... update your answer."},
-            {"role": "assistant", "content": f"Final: \\boxed{{{i + 5}}}"},
-        ]
-
-    return f"What is {i} + 5?", [[history(i + 5), history(i + 6)], f"{i} + 5 = {i + 5}\n#### {i + 5}"]
-
-
-def write_magdi(path: Path, records: list) -> Path:
-    path.write_text(json.dumps(records), encoding="utf-8")
-    return path
-
-
-def write_jsonl(path: Path, lines: list) -> Path:
-    with path.open("wb") as fh:
-        for line in lines:
-            fh.write(line if isinstance(line, bytes) else json.dumps(line).encode())
-            fh.write(b"\n")
-    return path
-
-
-def write_debate(path: Path, entries: list[tuple[str, list]]) -> Path:
-    path.write_text(json.dumps(dict(entries)), encoding="utf-8")
-    return path
-
-
-def magdi_with(mutate: Callable[[dict], None]) -> Callable[[Path], Path]:
-    """Three records, the middle one broken by ``mutate``."""
-
-    def build(tmp: Path) -> Path:
-        records = [magdi_record(0), magdi_record(1), magdi_record(2)]
-        mutate(records[1])
-        return write_magdi(tmp / "GSM8k_case.json", records)
-
-    return build
-
-
-def jsonl_with(mutate: Callable[[dict], None]) -> Callable[[Path], Path]:
-    def build(tmp: Path) -> Path:
-        records = [jsonl_record(0), jsonl_record(1), jsonl_record(2)]
-        mutate(records[1])
-        return write_jsonl(tmp / "case.jsonl", records)
-
-    return build
-
-
-def debate_with(mutate: Callable[[list], None]) -> Callable[[Path], Path]:
-    def build(tmp: Path) -> Path:
-        entries = [debate_entry(0), debate_entry(1), debate_entry(2)]
-        mutate(entries[1][1])
-        return write_debate(tmp / "gsm_case.json", entries)
-
-    return build
-
-
-def setitem(path: str, value) -> Callable[[dict], None]:
-    """Set a nested key, ``"a.b"`` or ``"responses.1.round"``."""
-
-    def mutate(rec) -> None:
-        *parents, last = path.split(".")
-        node = rec
-        for p in parents:
-            node = node[int(p)] if isinstance(node, list) else node[p]
-        if isinstance(node, list):
-            node[int(last)] = value
-        else:
-            node[last] = value
-
-    return mutate
-
-
-def delitem(key: str) -> Callable[[dict], None]:
-    return lambda rec: rec.pop(key)
-
-
-def rename(old: str, new: str) -> Callable[[dict], None]:
-    return lambda rec: rec.__setitem__(new, rec.pop(old))
-
+from magdi_dist.mag.schema import MAG
 
 # --- cases --------------------------------------------------------------------------------------
 
@@ -222,6 +124,64 @@ def _debate_no_gold_marker(entry: list) -> None:
     entry[1] = "The answer is 6."
 
 
+# --- hostile JSON: past the parser's recursion limit, past ReadLimits.max_depth, NaN and Infinity ---
+
+DEEP = 100_000  # levels: Python's JSON parser gives up (RecursionError) near 1,000
+
+
+def _nested(levels: int) -> str:
+    return "[" * levels + "]" * levels
+
+
+def _jsonl_deep_line(tmp: Path) -> Path:
+    good = [json.dumps(jsonl_record(i)).encode() for i in range(3)]
+    deep = good[1][:-1] + b', "generation": {"x": ' + _nested(DEEP).encode() + b"}}"
+    return write_jsonl(tmp / "deep.jsonl", [good[0], deep, good[2]])
+
+
+def _deep_document(tmp: Path) -> Path:
+    """A magdi document whose middle record is nothing but nesting: its neighbours still read."""
+    text = ",\n".join([json.dumps(magdi_record(0)), _nested(DEEP), json.dumps(magdi_record(2))])
+    path = tmp / "GSM8k_deep.json"
+    path.write_text(f"[\n{text}\n]", encoding="utf-8")
+    return path
+
+
+def _deep_debate(tmp: Path) -> Path:
+    entries = [debate_entry(0), debate_entry(1), debate_entry(2)]
+    parts = [f"{json.dumps(q)}: {json.dumps(v)}" for q, v in entries]
+    parts[1] = f"{json.dumps(entries[1][0])}: {_nested(DEEP)}"
+    path = tmp / "gsm_deep.json"
+    path.write_text("{" + ", ".join(parts) + "}", encoding="utf-8")
+    return path
+
+
+def _deep_pickle(tmp: Path) -> Path:
+    """The pickle machine builds nesting without recursion (EMPTY_LIST pushed N times, APPEND N-1
+    times), so a pickle can carry what no recursive reader could walk."""
+    data = pickle.dumps([magdi_record(0), "HOLE", magdi_record(2)], protocol=2)
+    hole = b"X\x04\x00\x00\x00HOLE"  # BINUNICODE 'HOLE'
+    path = tmp / "GSM8k_deep.pkl"
+    path.write_bytes(data.replace(hole, b"]" * DEEP + b"a" * (DEEP - 1)))
+    return path
+
+
+def _jsonl_meta(value: str) -> Callable[[Path], Path]:
+    """A JSONL file whose middle record carries ``value`` (raw JSON text) in a response's meta."""
+    def build(tmp: Path) -> Path:
+        good = [json.dumps(jsonl_record(i)) for i in range(3)]
+        rec = jsonl_record(1)
+        rec["responses"][0]["meta"] = {"score": "HOLE"}
+        bad = json.dumps(rec).replace('"HOLE"', value)
+        return write_jsonl(tmp / "meta.jsonl", [good[0].encode(), bad.encode(), good[2].encode()])
+
+    return build
+
+
+def _past_max_depth(rec: dict) -> None:
+    rec["responses"][0]["meta"] = json.loads(_nested(80))  # parses, but deeper than ReadLimits.max_depth
+
+
 CASES = {
     "magdi-missing-gold": Case(magdi_with(delitem("gold_answer")), "gold_answer", "missing"),
     "magdi-missing-question": Case(magdi_with(delitem("question")), "question", "missing"),
@@ -287,6 +247,16 @@ CASES = {
     "debate-message-without-role": Case(debate_with(_debate_no_role), "agent_contexts[1][2].role", "no 'role'"),
     "debate-no-gold-marker": Case(debate_with(_debate_no_gold_marker), "gold_solution", "####"),
     "debate-not-a-pair": Case(debate_with(lambda e: e.append("extra")), None, "[agent_contexts, gold_solution]"),
+    "jsonl-nested-100k": Case(_jsonl_deep_line, None, "too deep for the JSON parser", record=1),
+    "jsonl-meta-infinity": Case(_jsonl_meta("Infinity"), "responses[0].meta.score", "not a finite", record="q-1"),
+    "jsonl-meta-nan": Case(_jsonl_meta('[1, {"p": NaN}]'), "responses[0].meta.score[1].p", "nan", record="q-1"),
+    "jsonl-meta-overflow": Case(_jsonl_meta('{"t": -1e999}'), "responses[0].meta.score.t", "-inf", record="q-1"),
+    "jsonl-integer-of-5000-digits": Case(_jsonl_meta("9" * 5000), None, "Exceeds the limit", record=1),
+    "jsonl-past-max-depth": Case(jsonl_with(_past_max_depth), "responses[0].meta", "64 levels deep", record="q-1"),
+    "magdi-nested-100k": Case(_deep_document, None, "too deep for the JSON parser"),
+    "magdi-gold-nan": Case(magdi_with(setitem("gold_answer", float("nan"))), "gold_answer", "nan is not a finite"),
+    "debate-nested-100k": Case(_deep_debate, None, "too deep for the JSON parser"),
+    "pickle-nested-100k": Case(_deep_pickle, "[0][0][0]", "levels deep (ReadLimits.max_depth)"),
     "pickle-os-system": Case(_evil_pickle, None, "system", record=None, good=0),
     "pickle-ordered-dict": Case(_ordered_dict_pickle, None, "collections.OrderedDict", record=None, good=0),
 }
@@ -379,6 +349,39 @@ def test_rejects_file_appends(tmp_path: Path) -> None:
     read_mags([path], strict=False, rejects=rejects)
     read_mags([path], strict=False, rejects=rejects)
     assert len(rejects.read_text().splitlines()) == 2
+
+
+def test_hostile_json_is_one_reject_on_the_command_line(tmp_path: Path) -> None:
+    """``inspect --lenient`` over every hostile file at once: each costs one record, the counts add
+    up, and ``convert`` never writes a number the input did not hold (Infinity as null)."""
+    from typer.testing import CliRunner
+
+    from magdi_dist.cli import app
+
+    builds = [_jsonl_deep_line, _deep_document, _deep_debate, _deep_pickle, _jsonl_meta("Infinity")]
+    paths = []
+    for i, build in enumerate(builds):
+        (tmp_path / str(i)).mkdir()
+        paths.append(str(build(tmp_path / str(i))))
+    rejects = tmp_path / "rejects.jsonl"
+    result = CliRunner().invoke(app, ["inspect", *paths, "--lenient", "--rejects", str(rejects), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert (summary["records_in"], summary["mags"], summary["rejected"]) == (15, 10, 5)
+    assert sorted(json.loads(line)["file"] for line in rejects.read_text().splitlines()) == sorted(paths)
+    out = tmp_path / "out.jsonl"
+    result = CliRunner().invoke(app, ["convert", paths[-1], "--out", str(out)])
+    assert result.exit_code != 0 and "responses[0].meta.score" in result.output
+    assert not out.exists() or "null" not in out.read_text()
+
+
+def test_a_mag_cannot_hold_nan_or_infinity() -> None:
+    """The schema itself refuses them in meta and generation, so no writer (debate, synth) can emit one."""
+    base = jsonl_record(0)
+    with pytest.raises(ValueError, match=r"usage\.latency: inf is not a finite number"):
+        MAG.model_validate({**base, "responses": [{**base["responses"][0], "meta": {"usage": {"latency": 1e999}}}]})
+    with pytest.raises(ValueError, match=r"agents\[0\]\.temperature: nan"):
+        MAG.model_validate({**base, "generation": {"agents": [{"temperature": float("nan")}]}})
 
 
 def test_debate_without_boxed_answer_is_incorrect_not_missing(tmp_path: Path) -> None:

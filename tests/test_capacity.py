@@ -101,8 +101,9 @@ def saved_for_backward(fn, module: torch.nn.Module) -> int:
     {**SPEC, "hidden_size": 512, "num_attention_heads": 8, "intermediate_size": 1376},
 ])
 @pytest.mark.parametrize("checkpointing", [False, True])
-def test_activation_estimate_matches_what_autograd_saves(spec, checkpointing):
-    pairs, seq, vocab = 4, 64, 500
+@pytest.mark.parametrize("vocab", [500, 2000])  # 2000: the output head's share grows
+def test_activation_estimate_matches_what_autograd_saves(spec, checkpointing, vocab):
+    pairs, seq = 4, 64
     lm = load_lm(spec, vocab_size=vocab, gradient_checkpointing=checkpointing).train()
     ids = torch.randint(3, vocab, (2 * pairs, seq), generator=torch.Generator().manual_seed(0))
 
@@ -113,7 +114,8 @@ def test_activation_estimate_matches_what_autograd_saves(spec, checkpointing):
     measured = saved_for_backward(step, lm)
     acts = activation_bytes(student_shape(StudentConfig(base=spec), vocab), 2 * pairs, pairs, seq, 4, checkpointing)
     # "transient" (logits in flight, the layer a checkpointed backward rebuilds) is a peak, not saved.
-    assert acts["decoder"] + acts["head"] == pytest.approx(measured, rel=0.05)
+    # docs/capacity.md says within 1%; measured -0.54% to +0.85% over these twelve cases.
+    assert acts["decoder"] + acts["head"] == pytest.approx(measured, rel=0.01)
 
 
 def test_plan_json_reports_deepspeeds_figures_and_what_fits():

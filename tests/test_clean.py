@@ -124,4 +124,6 @@ def test_preprocessing_trains_on_cleaned_text(tmp_path: Path, clean: bool):
     quoted = sum("other agents" in t for t in texts)
     assert (quoted == 0) if clean else (quoted > 0)
     assert report.totals["chains_cleaned"] == (sum(r.round > 0 for m in mags for r in m.responses) if clean else 0)
-    assert tuple(DEFAULT_PATTERNS)  # the defaults are what ran
+    # The defaults are what ran (and nothing when cleaning is off), as the manifest records them.
+    ran = json.loads(Path(report.manifest).read_text())["config"]["preprocess"]["clean_patterns"]
+    assert ran == (list(DEFAULT_PATTERNS) if clean else []) and DEFAULT_PATTERNS

@@ -1,6 +1,7 @@
 """Retries, backoff and failure records against an endpoint that misbehaves on purpose (tests/debate_stub.py,
-the only stub in the debate tests): 429 with Retry-After, 500, 503 every time, 400 (not retried); the
-endpoint gate's concurrency limit across agents; the next run retries exactly what failed."""
+the only stub in the debate tests): 429 with Retry-After, 500, 503 every time, 400 (not retried), and 200s
+that are no usable chat completion; the endpoint gate's concurrency limit across agents; the next run
+retries exactly what failed."""
 
 from __future__ import annotations
 
@@ -130,3 +131,91 @@ def test_config_and_input_errors_exit_2(tmp_path):
                      f"\nquestions: {{path: {tmp_path / 'q.jsonl'}}}\nout: {tmp_path / 'o.jsonl'}\n")
     result = runner.invoke(app, ["debate", "--config", str(keyed)])
     assert result.exit_code == 2 and "MAGDI_NO_SUCH_KEY" in result.stderr
+
+
+BAD_KINDS = {  # question marker -> how its failure record must begin (after "bad reply: ")
+    "BADJSON": "reply is not JSON (content-type application/json",
+    "HTML": "reply is not JSON (content-type text/html",
+    "HUGE": "reply body is over the 16000000-byte limit",
+    "BIGREPLY": "reply field choices[0].message.content is 1000001 characters, over the limit of 1000000",
+    "SHAPE": "reply is a JSON list, not a chat completion object",
+    "NOCONTENT": "reply has no choices[0].message.content",
+}
+
+
+def test_bad_replies_are_failed_requests_and_answered_turns_are_kept(tmp_path, local_ray):  # noqa: F811
+    """200s that are no chat completion (cut-short JSON, an HTML page, 20 MB of junk, a message over the
+    readers' limit, a JSON list, no content) are retried, then logged as failures with their reason; no
+    traceback; the turns that did come back stay, also beside a bad one in the same round and before
+    one in a later round; the next run asks only what is missing, and the MAGs read back strictly."""
+    import yaml
+
+    markers = ["OK", *BAD_KINDS, "HALF", "LATE"]
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps({"question": f"{m}: what is 3 + 4?", "answer": "#### 7"})
+                                              + "\n" for m in markers))
+    stub = start_stub(tmp_path)
+    try:
+        cfg = config(tmp_path, tmp_path / "q.jsonl", stub.base_url, limit=len(markers), k=2, sample=False,
+                     limits={"max_concurrency": 4, "timeout_s": 30, "max_retries": 2, "backoff_initial_s": 0.05})
+        cfg_path = tmp_path / "debate.yaml"
+        cfg_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+        result = CliRunner().invoke(app, ["debate", "--config", str(cfg_path), "--json", "--no-progress"])
+    finally:
+        stub.stop()
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit | None), result.output
+    assert "Traceback" not in result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (summary["complete"], summary["incomplete"]) == (1, len(markers) - 1)
+    qid = {m: f"gsm8k-{i}" for i, m in enumerate(markers)}
+    turns = {(t["question_id"], t["agent"], t["round"]) for t in
+             map(json.loads, (cfg.state_path / "turns.jsonl").read_text().splitlines())}
+    kept = {(qid["OK"], a, r) for a in ("agent0", "agent1") for r in (0, 1)}
+    kept |= {(qid["HALF"], "agent0", 0), (qid["LATE"], "agent0", 0), (qid["LATE"], "agent1", 0)}
+    assert turns == kept
+    failures = {(f["question_id"], f["agent"], f["round"]): f for f in
+                map(json.loads, (cfg.state_path / "failures.jsonl").read_text().splitlines())}
+    expected = {(qid[m], a, 0): f"bad reply: {why}" for m, why in BAD_KINDS.items() for a in ("agent0", "agent1")}
+    expected[(qid["HALF"], "agent1", 0)] = "bad reply: reply is not JSON (content-type application/json"
+    for a in ("agent0", "agent1"):
+        expected[(qid["LATE"], a, 1)] = "bad reply: reply is not JSON (content-type text/html"
+    assert sorted(failures) == sorted(expected)
+    for k, f in failures.items():
+        assert f["error"].startswith(expected[k]), (k, f["error"])
+        assert f["attempts"] == 3 and len(f["errors"]) == 3  # retried, as a 5xx would be
+    log = [json.loads(line) for line in stub.log.read_text().splitlines()]
+    assert sum(r["bad"] is not None for r in log) == 3 * len(failures)
+
+    # Healthy again: exactly the missing turns are asked, none of the kept ones, and every MAG reads strictly.
+    healed = start_stub(tmp_path, healthy=True)
+    try:
+        cfg_path.write_text(cfg_path.read_text().replace(stub.base_url, healed.base_url))
+        result = CliRunner().invoke(app, ["debate", "--config", str(cfg_path), "--json", "--no-progress"])
+    finally:
+        healed.stop()
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert result.exit_code == 0 and summary["complete"] == len(markers), result.output
+    assert (summary["turns_asked"], summary["turns_reused"]) == (4 * len(markers) - len(kept), len(kept))
+    asked = [json.loads(line) for line in healed.log.read_text().splitlines()]
+    assert len(asked) == 4 * len(markers) - len(kept) and "OK" not in {r["marker"] for r in asked}
+    assert not [r for r in asked if r["marker"] == "LATE" and r["user_turns"] == 1]
+    assert not [r for r in asked if r["marker"] == "HALF" and r["user_turns"] == 1 and r["temperature"] < 0.8]
+    strict = CliRunner().invoke(app, ["inspect", str(tmp_path / "mags.jsonl"), "--strict", "--json"])
+    assert strict.exit_code == 0 and json.loads(strict.stdout)["mags"] == len(markers), strict.output
+
+
+@pytest.mark.parametrize(("body", "reason"), [
+    (b'{"choices": [{"message": {"content": "\\ud800 lone"}}]}', "is not valid Unicode"),
+    (b'{"choices": [{"message": {"content": "7"}}], "usage": {"prompt_tokens": "11"}}', "not a token count"),
+    (b'{"choices": [{"message": {"content": "7"}}], "usage": {"completion_tokens": NaN}}', "not a token count"),
+    (b'{"choices": [{"message": {"content": 7}}]}', "content is int, not a string"),
+    (b'{"choices": [' + b"[" * 100_000 + b"]" * 100_000 + b"]}", "RecursionError"),
+    (b'{"choices": [{"message": {"content": "7"}}], "model": "' + b"m" * 1001 + b'"}', "model is 1001 characters"),
+])
+def test_what_a_turn_would_carry_into_the_log_is_checked(body, reason):
+    """Replies that would crash the log writer (a lone surrogate cannot be encoded), the run summary
+    (a token count that is a string or NaN) or the parser itself (nesting) are bad replies too."""
+    from magdi_dist.debate.client import BadReply, parse_reply
+
+    with pytest.raises(BadReply, match=reason):
+        parse_reply(body, "application/json")
+    assert parse_reply(b'{"choices": [{"message": {"content": "7"}}]}')["content"] == "7"

@@ -1,14 +1,22 @@
 """One turn = one chat completion, asked through the endpoint's gate with bounded retries.
 
-Retried: 429 (honouring Retry-After), 5xx, timeouts and connection errors, with exponential backoff
-and seeded jitter. Not retried: other 4xx (a bad model name or key does not heal by waiting) and a
-reply without a message. Either way the outcome is a record, never an exception: a turn with its text,
-usage, seed, attempts and timestamps, or a failure naming question, agent, round and the last error,
-which the driver persists so the next run asks again.
+Retried: 429 (honouring Retry-After), 5xx, timeouts and connection errors, and bad replies -- a 200
+whose body is not JSON (an HTML error page, a truncated or runaway body), is not a chat completion
+(no choices, no message content, fields of the wrong type) or is larger than the readers accept --
+with exponential backoff and seeded jitter: a proxy or an overloaded server sends those for a while.
+Not retried: other 4xx (a bad model name or key does not heal by waiting). Either way the outcome is
+a record, never an exception: a turn with its text, usage, seed, attempts and timestamps, or a failure
+naming question, agent, round and the last error, which the driver persists so the next run asks again.
+
+The reply is parsed here rather than by the SDK, which hands back a JSONDecodeError, a bare string or
+an unvalidated object for such bodies, and its size is capped before it is read in full: a message
+longer than ``ReadLimits.max_text_chars`` would make a MAG the project's own readers refuse.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -18,6 +26,17 @@ from datetime import datetime, timezone
 import openai
 
 from magdi_dist.debate.config import AgentSpec, EndpointLimits
+from magdi_dist.mag.readers import ReadLimits
+
+MAX_CONTENT_CHARS = ReadLimits().max_text_chars  # the readers' limit on one reasoning text, not a copy
+# A reply within that limit is at most 12 bytes a character (a non-BMP character escaped as a
+# \uXXXX\uXXXX pair), plus the envelope; anything longer cannot hold an acceptable message.
+MAX_REPLY_BYTES = 16 * MAX_CONTENT_CHARS
+MAX_FIELD_CHARS = 1000  # model, finish_reason: they go into every node's meta
+
+
+class BadReply(ValueError):
+    """A 200 reply that is not a usable chat completion; the message says what is wrong with it."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +80,96 @@ def backoff_delay(limits: EndpointLimits, retry: int, rng: random.Random, retry_
     return min(limits.backoff_initial_s * 2**retry, limits.backoff_max_s) * (0.5 + 0.5 * rng.random())
 
 
+async def _read_body(response, deadline_s: float) -> bytes:
+    """The body, refused once it passes MAX_REPLY_BYTES (the rest is never read)."""
+    declared = response.http_response.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_REPLY_BYTES:
+        raise BadReply(f"reply body is {declared} bytes, over the {MAX_REPLY_BYTES}-byte limit")
+
+    async def read() -> bytes:
+        chunks, size = [], 0
+        async for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > MAX_REPLY_BYTES:
+                raise BadReply(f"reply body is over the {MAX_REPLY_BYTES}-byte limit (stopped reading)")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    try:
+        # One deadline for the whole body: a server dripping bytes would otherwise hold its gate slot.
+        return await asyncio.wait_for(read(), deadline_s)
+    except BadReply:
+        raise
+    except asyncio.TimeoutError:
+        raise BadReply(f"reply body not received within {deadline_s} s") from None
+    except Exception as err:  # only the transport runs here: a connection cut or reset mid-body
+        raise BadReply(f"reading the reply body failed: {type(err).__name__}: {str(err)[:200]}") from None
+
+
+def _text(value, where: str, limit: int, *, required: bool = False) -> str | None:
+    if value is None:
+        if required:
+            raise BadReply(f"reply has no {where}")
+        return None
+    if not isinstance(value, str):
+        raise BadReply(f"reply field {where} is {type(value).__name__}, not a string")
+    if len(value) > limit:
+        raise BadReply(f"reply field {where} is {len(value)} characters, over the limit of {limit}"
+                       + (" (ReadLimits.max_text_chars, the readers' limit)" if limit == MAX_CONTENT_CHARS else ""))
+    try:
+        value.encode("utf-8")  # a lone surrogate (\ud800) parses but cannot be written to the log
+    except UnicodeEncodeError as err:
+        raise BadReply(f"reply field {where} is not valid Unicode ({err.reason} at char {err.start})") from None
+    return value
+
+
+def _tokens(usage: dict, key: str) -> int | None:
+    value = usage.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BadReply(f"reply field usage.{key} is {value!r}, not a token count")
+    return value
+
+
+def parse_reply(body: bytes, content_type: str | None = None) -> dict:
+    """What a turn keeps of a chat completion body: content, finish_reason, usage and model."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError too
+        what = f"content-type {content_type}" if content_type else "no content-type"
+        raise BadReply(f"reply is not JSON ({what}, {len(body)} bytes): {type(err).__name__}: "
+                       f"{str(err)[:200]}") from None
+    if not isinstance(data, dict):
+        raise BadReply(f"reply is a JSON {type(data).__name__}, not a chat completion object")
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices:
+        got = "missing" if choices is None else "an empty list" if choices == [] else f"a {type(choices).__name__}"
+        raise BadReply(f"reply field choices is {got}, not a non-empty list")
+    choice = choices[0]
+    message = choice.get("message") if isinstance(choice, dict) else None
+    if not isinstance(message, dict):
+        raise BadReply("reply has no message object at choices[0].message")
+    usage = data.get("usage")
+    if usage is not None and not isinstance(usage, dict):
+        raise BadReply(f"reply field usage is {type(usage).__name__}, not an object")
+    usage = usage or {}
+    return {
+        "content": _text(message.get("content"), "choices[0].message.content", MAX_CONTENT_CHARS, required=True),
+        "finish_reason": _text(choice.get("finish_reason"), "choices[0].finish_reason", MAX_FIELD_CHARS),
+        "usage": {"prompt_tokens": _tokens(usage, "prompt_tokens"),
+                  "completion_tokens": _tokens(usage, "completion_tokens")},
+        "model": _text(data.get("model"), "model", MAX_FIELD_CHARS),
+    }
+
+
+async def _complete(client: openai.AsyncOpenAI, kwargs: dict, deadline_s: float) -> dict:
+    """One attempt: the parsed reply, or APIStatusError / APIConnectionError / BadReply."""
+    async with client.chat.completions.with_streaming_response.create(**kwargs) as response:
+        body = await _read_body(response, deadline_s)
+        return parse_reply(body, response.http_response.headers.get("content-type"))
+
+
 async def ask(
     client: openai.AsyncOpenAI,
     agent: AgentSpec,
@@ -85,7 +194,7 @@ async def ask(
         await acquire()
         t0 = time.perf_counter()
         try:
-            reply = await client.chat.completions.create(**kwargs)
+            reply = await _complete(client, kwargs, limits.timeout_s)
         except (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError) as err:
             # APIConnectionError covers timeouts (APITimeoutError) and refused connections.
             errors.append(_describe(err))
@@ -95,20 +204,15 @@ async def ask(
             errors.append(_describe(err))
             return {"kind": "failure", **key, "error": errors[-1], "errors": errors, "attempts": attempt + 1,
                     "endpoint": agent.base_url, "at": now_iso()}
+        except BadReply as err:
+            errors.append(f"bad reply: {err}")
         else:
             latency = time.perf_counter() - t0
-            choice = reply.choices[0] if reply.choices else None
-            if choice is None or choice.message is None or choice.message.content is None:
-                errors.append("reply has no message content")
-                return {"kind": "failure", **key, "error": errors[-1], "errors": errors, "attempts": attempt + 1,
-                        "endpoint": agent.base_url, "at": now_iso()}
-            usage = reply.usage
             return {
-                "kind": "turn", **key, "content": choice.message.content, "finish_reason": choice.finish_reason,
-                "usage": {"prompt_tokens": usage.prompt_tokens if usage else None,
-                          "completion_tokens": usage.completion_tokens if usage else None},
+                "kind": "turn", **key, "content": reply["content"], "finish_reason": reply["finish_reason"],
+                "usage": reply["usage"],
                 "seed": request.seed, "attempts": attempt + 1, "retried_errors": errors,
-                "endpoint": agent.base_url, "model": agent.model, "served_model": reply.model,
+                "endpoint": agent.base_url, "model": agent.model, "served_model": reply["model"],
                 "started_at": started_at, "finished_at": now_iso(), "latency_s": round(latency, 4),
             }  # fmt: skip
         finally:

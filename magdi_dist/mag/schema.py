@@ -10,6 +10,7 @@ each agent reads all answers of the previous round.
 
 from __future__ import annotations
 
+import math
 from enum import IntEnum
 from typing import Any
 
@@ -33,6 +34,47 @@ class Label(IntEnum):
 TASK_FAMILIES = ("yes_no", "multiple_choice", "numeric", "math")
 
 
+def json_problem(value: Any, *, max_depth: int | None = None, finite: bool = True) -> tuple[tuple, str] | None:
+    """The first place, as (key path, reason), where ``value`` holds NaN or Infinity (``finite``) or a
+    container nested more than ``max_depth`` levels (``value`` itself is level 1); None when clean.
+
+    Iterative, so the walk cannot overflow the stack on the hostile input it exists to catch. A
+    depth problem's path is cut to its first three keys: the field to look at, not the nesting itself.
+    """
+    stack: list[tuple[Any, tuple, int]] = [(value, (), 1)]
+    while stack:
+        node, loc, depth = stack.pop()
+        if isinstance(node, dict):
+            children = list(node.items())
+        elif isinstance(node, list | tuple):
+            children = list(enumerate(node))
+        else:
+            if finite and isinstance(node, float) and not math.isfinite(node):
+                return loc, f"{node!r} is not a finite number (JSON has no NaN or Infinity)"
+            continue
+        if max_depth is not None and depth > max_depth:
+            return loc[:3], f"nested more than {max_depth} levels deep (ReadLimits.max_depth)"
+        stack.extend((child, (*loc, key), depth + 1) for key, child in reversed(children))
+    return None
+
+
+def key_path(loc: tuple) -> str | None:
+    """``("responses", 1, "meta")`` -> ``responses[1].meta``; None for the value itself."""
+    out = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
+    return out.removeprefix(".") or None
+
+
+def _finite(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``meta`` and ``generation`` hold numbers that must survive JSON: NaN and Infinity would be
+    written as null (pydantic's JSON mode), silently changing the data."""
+    problem = json_problem(value) if value is not None else None
+    if problem is not None:
+        loc, reason = problem
+        where = key_path(loc)
+        raise ValueError(f"{where}: {reason}" if where else reason)
+    return value
+
+
 class Response(BaseModel):
     """One node: what ``agent`` wrote in ``round`` (``reasoning`` is None when it wrote nothing)."""
 
@@ -50,6 +92,11 @@ class Response(BaseModel):
     @property
     def missing(self) -> bool:
         return self.reasoning is None
+
+    @field_validator("meta")
+    @classmethod
+    def _meta_finite(cls, value):
+        return _finite(value)
 
     @field_validator("label", mode="before")
     @classmethod
@@ -102,6 +149,11 @@ class MAG(BaseModel):
     """How the discussion was generated, when this project generated it (magdi_dist/debate): protocol,
     each agent's endpoint, model and sampling parameters, the prompt templates' hash and a content hash.
     Carried through, never read by training."""
+
+    @field_validator("generation")
+    @classmethod
+    def _generation_finite(cls, value):
+        return _finite(value)
 
     @field_validator("task")
     @classmethod

@@ -75,8 +75,8 @@ def detect_format(path: str | Path) -> str:
         first = text.split("\n", 1)[0]
         try:
             obj = json.loads(first)
-        except ValueError:
-            obj = None  # first line longer than the head, or a pretty-printed document
+        except (ValueError, RecursionError):
+            obj = None  # first line longer than the head, a pretty-printed document, or nested too deep
         if isinstance(obj, dict):
             debate = bool(obj) and "responses" not in obj and all(isinstance(v, list) for v in obj.values())
             return "debate" if debate else "jsonl"

@@ -20,11 +20,18 @@ from pydantic import ValidationError
 
 from magdi_dist.mag.errors import MAGInputError
 from magdi_dist.mag.grading import GoldAnswerError, grade_mag
-from magdi_dist.mag.schema import MAG
+from magdi_dist.mag.readers._json import Unparsed, parse_document
+from magdi_dist.mag.schema import MAG, json_problem
 
 FieldName = Callable[[int, "str | None"], str]
 
 EXCERPT_CHARS = 400
+# The one text limit: the readers refuse longer text, and the debate client refuses a reply whose
+# message is longer, so every MAG the project writes is one it reads back.
+MAX_TEXT_CHARS = 1_000_000
+# Real records nest 5 levels (record > responses > response > meta > usage); the limit leaves room
+# for richer meta and stops input that would exhaust the stack of anything walking it recursively.
+MAX_DEPTH = 64
 
 
 @dataclass(frozen=True)
@@ -32,9 +39,10 @@ class ReadLimits:
     """Size guards. Defaults are generous (real teacher chains are 1-4 KB, MAGs 3x3 to 5x5) and only
     stop input that would blow up tokenisation or memory downstream (a runaway generation)."""
 
-    max_text_chars: int = 1_000_000  # one question / reasoning / answer / gold answer
+    max_text_chars: int = MAX_TEXT_CHARS  # one question / reasoning / answer / gold answer
     max_responses: int = 4096  # nodes in one MAG (agents x rounds)
     max_file_bytes: int = 1 << 30  # whole-document formats (JSON, pickle) are loaded into memory
+    max_depth: int = MAX_DEPTH  # nesting of arrays and objects in one record (the record is level 1)
 
 
 @dataclass
@@ -72,6 +80,8 @@ def excerpt(raw: Any, limit: int = EXCERPT_CHARS) -> str | None:
     """A short printable view of the offending input, for the rejects file."""
     if raw is None:
         return None
+    if isinstance(raw, Unparsed):
+        raw = raw.text
     if isinstance(raw, bytes):
         text = repr(raw)
     elif isinstance(raw, str):
@@ -79,8 +89,11 @@ def excerpt(raw: Any, limit: int = EXCERPT_CHARS) -> str | None:
     else:
         try:
             text = json.dumps(raw, ensure_ascii=False, default=repr)
-        except (TypeError, ValueError):  # a cycle: plain pickles can build one
-            text = repr(raw)
+        except (TypeError, ValueError, RecursionError):  # a cycle (plain pickles can build one), or deep
+            try:
+                text = repr(raw)
+            except RecursionError:  # the parser took it, but no recursive printer does
+                text = f"<{type(raw).__name__} nested too deeply to show>"
     return text if len(text) <= limit else text[:limit] + f"... [{len(text) - limit} more chars]"
 
 
@@ -114,23 +127,10 @@ def decode_utf8(data: bytes, *, file: str, line_index: int | None = None) -> str
         raise MAGInputError(f"not valid UTF-8: byte 0x{bad} at {where}: {err.reason}", file=file) from None
 
 
-def parse_json(text: str, *, file: str, line_index: int | None = None) -> Any:
-    """Parsed JSON, or an error with the line and column (``line_index``: ``text`` is that line)."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        what = "file" if line_index is None else "line"
-        hint = f" (the {what} looks truncated)" if err.pos >= len(text.rstrip()) else ""
-        where = (
-            f"line {err.lineno} column {err.colno} (char {err.pos})"
-            if line_index is None
-            else f"line {line_index + 1} column {err.colno}"
-        )
-        raise MAGInputError(f"invalid JSON at {where}: {err.msg}{hint}", file=file) from None
-
-
 def load_json_document(path: Path, ctx: ReadContext) -> Any:
-    return parse_json(decode_utf8(read_bytes(path, ctx), file=ctx.file), file=ctx.file)
+    """The parsed document; a record too deep to parse comes back as an ``Unparsed`` element."""
+    return parse_document(decode_utf8(read_bytes(path, ctx), file=ctx.file), file=ctx.file,
+                          max_depth=ctx.limits.max_depth)
 
 
 def file_level(error: MAGInputError, ctx: ReadContext, raw: Any = None) -> Iterator[Rejected]:
@@ -247,6 +247,9 @@ def build_mag(data: dict, ctx: ReadContext, *, field_name: FieldName = default_f
     Labels in the input are re-graded (``grade_mag``'s contract: stale labels never survive).
     """
     _check_limits(data, ctx.limits, field_name)
+    problem = json_problem(data, max_depth=ctx.limits.max_depth)
+    if problem is not None:  # NaN/Infinity or deep nesting in what the MAG keeps (meta, generation)
+        raise MAGInputError(problem[1], field=_loc_to_path(problem[0], field_name))
     try:
         mag = MAG.model_validate(data)
     except ValidationError as err:

@@ -24,6 +24,7 @@ from magdi_dist.mag.readers._common import (
     file_level,
     load_json_document,
 )
+from magdi_dist.mag.readers._json import Unparsed, check_record
 from magdi_dist.mag.schema import MAG
 
 ROLES = {"user", "assistant", "system"}
@@ -71,6 +72,7 @@ def _agent_responses(a: int, context: Any) -> tuple[list[dict], list[str]]:
 
 
 def record_to_mag(question: Any, value: Any, index: int, ctx: ReadContext) -> MAG:
+    check_record(value, ctx.limits.max_depth, finite=False)  # only strings are kept from here
     if not isinstance(value, list) or len(value) != 2:
         raise MAGInputError("expected [agent_contexts, gold_solution]")
     contexts, solution = value
@@ -122,7 +124,7 @@ def iter_debate(path: Path, ctx: ReadContext) -> Iterator[MAG | Rejected]:
         except MAGInputError as err:
             yield Rejected(
                 err.located(file=ctx.file, record=index),
-                raw={question: value},
+                raw={question: value.text if isinstance(value, Unparsed) else value},
                 format=ctx.format,
                 index=index,
             )

@@ -20,14 +20,15 @@ from magdi_dist.mag.readers._common import (
     build_mag,
     decode_utf8,
     file_level,
-    parse_json,
 )
+from magdi_dist.mag.readers._json import check_record, parse_json
 from magdi_dist.mag.schema import MAG
 
 
 def record_to_mag(data: object, line_index: int, ctx: ReadContext) -> MAG:
     if not isinstance(data, dict):
         raise MAGInputError(f"expected a JSON object per line, got {type(data).__name__}")
+    check_record(data, ctx.limits.max_depth)
     data = dict(data)
     if "task" not in data:
         if ctx.task is not None:
@@ -57,7 +58,7 @@ def iter_jsonl(path: Path, ctx: ReadContext) -> Iterator[MAG | Rejected]:
                 if len(raw) > ctx.limits.max_file_bytes:
                     raise MAGInputError(f"line is {len(raw)} bytes, over ReadLimits.max_file_bytes")
                 text = decode_utf8(raw, file=ctx.file, line_index=line_index)
-                data = parse_json(text, file=ctx.file, line_index=line_index)
+                data = parse_json(text, file=ctx.file, line_index=line_index, max_depth=ctx.limits.max_depth)
                 if isinstance(data, dict) and isinstance(data.get("id"), str):
                     record = data["id"]  # users search their file by id
                 yield record_to_mag(data, line_index, ctx)

@@ -13,6 +13,7 @@ renamed or misspelt field never silently drops a response.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -27,6 +28,7 @@ from magdi_dist.mag.readers._common import (
     file_level,
     load_json_document,
 )
+from magdi_dist.mag.readers._json import check_record
 from magdi_dist.mag.schema import MAG
 
 OUTPUT_KEY = re.compile(r"^(?P<agent>.+)_output_(?P<round>[^_]+)$")
@@ -46,6 +48,8 @@ def _scalar_text(value: Any, where: str, *, yes_no: bool = False) -> str:
         if yes_no:
             return "yes" if value else "no"
         raise MAGInputError(f"expected a string, got a boolean ({value})", field=where)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise MAGInputError(f"{value!r} is not a finite number (JSON has no NaN or Infinity)", field=where)
     if isinstance(value, int | float):
         return str(value)
     if isinstance(value, str):
@@ -83,6 +87,8 @@ def record_to_mag(
     rounds: int | None = None,
 ) -> MAG:
     """One magdi-layout record -> graded MAG (id ``<file stem>-<index>``)."""
+    # Depth only: NaN in ignored bookkeeping keys harms nothing; kept values are checked as they are read.
+    check_record(rec, ctx.limits.max_depth, finite=False)
     if not isinstance(rec, dict):
         raise MAGInputError(f"expected an object per record, got {type(rec).__name__}")
     outputs: list[tuple[int, int, str, str, Any]] = []  # (round, key order, agent, key, value)
