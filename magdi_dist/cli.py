@@ -71,11 +71,12 @@ def preprocess(
     from magdi_dist.config import load_config, with_durable_outputs
 
     cfg = with_durable_outputs(load_config(config, list(overrides or [])), storage)
+    from magdi_dist.launch.stage import prepare
     from magdi_dist.preprocess.manifest import verify_manifest
-    from magdi_dist.preprocess.prepare import prepare_data
 
-    manifest = prepare_data(cfg, engine="local" if local else "ray", address=address).manifest
-    problems = verify_manifest(manifest) if verify else []
+    report, where = prepare(cfg, engine="local" if local else "ray", address=address)
+    typer.echo(f"manifest: {where}")
+    problems = verify_manifest(report.manifest) if verify else []
     for problem in problems:
         typer.echo(f"error: {problem}", err=True)
     raise typer.Exit(1 if problems else 0)

@@ -27,6 +27,7 @@ from magdi_dist.config_loader import (
     or_exit,
     validate_config,
 )
+from magdi_dist.storage import is_uri, join
 
 # The loader, re-exported: ``from magdi_dist.config import ConfigError`` is how the packages name it.
 __all__ = ["CONFIG_DIR", "ConfigError", "apply_override", "exit_on_error", "load_yaml_config", "or_exit",
@@ -352,32 +353,36 @@ STORAGE_ENV = "MAGDI_STORAGE"
 _RAY_WORKING_DIR_COPY = "/runtime_resources/working_dir_files/"
 
 
-def storage_root(storage: str | Path | None = None) -> Path | None:
+def storage_root(storage: str | Path | None = None) -> str | None:
     """The root that relative output paths resolve against: ``storage`` (an entry point's
-    ``--storage``), else ``$MAGDI_STORAGE``, else None (the current directory)."""
+    ``--storage``), else ``$MAGDI_STORAGE``, else None (the current directory). An object-store URI
+    (``s3://bucket/prefix``) stays a URI (storage.py)."""
     chosen = storage or os.environ.get(STORAGE_ENV)
-    return Path(chosen).expanduser().resolve() if chosen else None
+    if not chosen:
+        return None
+    return str(chosen).rstrip("/") if is_uri(chosen) else str(Path(chosen).expanduser().resolve())
 
 
 def durable_path(path: str, storage: str | Path | None = None, *, key: str = "output path") -> str:
-    """``path`` as an absolute path where outputs survive the process that wrote them.
+    """``path`` as an absolute path or URI where outputs survive the process that wrote them.
 
-    Relative paths resolve against the storage root. Without one they resolve against the current
-    directory, except inside the copy of the working dir that ``ray job submit`` unpacks for a job:
-    Ray deletes that copy, so there a relative output path is refused (naming ``key``)."""
-    if Path(path).is_absolute():
+    A URI is kept. Relative paths resolve against the storage root. Without one they resolve against
+    the current directory, except inside the copy of the working dir that ``ray job submit`` unpacks
+    for a job: Ray deletes that copy, so there a relative output path is refused (naming ``key``)."""
+    if is_uri(path) or Path(path).is_absolute():
         return path
     root = storage_root(storage)
-    if root is None:
-        cwd = Path.cwd()
-        if _RAY_WORKING_DIR_COPY in f"{cwd}/":
-            raise ConfigError(
-                f"{key}={path!r} is relative, and this process runs in Ray's temporary copy of the "
-                f"working dir ({cwd}), which Ray deletes: name a storage root with --storage DIR or "
-                f"{STORAGE_ENV}=DIR (shared by every node), or give an absolute path"
-            )
-        root = cwd
-    return str(root / path)
+    if root is not None:
+        return join(root, path)
+    cwd = Path.cwd()
+    if _RAY_WORKING_DIR_COPY in f"{cwd}/":
+        raise ConfigError(
+            f"{key}={path!r} is relative, and this process runs in Ray's temporary copy of the "
+            f"working dir ({cwd}), which Ray deletes: name a storage root with --storage DIR or "
+            f"{STORAGE_ENV}=DIR (shared by every node, or an object store: s3://bucket/prefix), or give "
+            "an absolute path"
+        )
+    return str(cwd / path)
 
 
 def with_durable_outputs(cfg: MAGDiConfig, storage: str | Path | None = None) -> MAGDiConfig:

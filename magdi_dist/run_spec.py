@@ -14,13 +14,13 @@ This module imports only ``config``: it is plain data, below every package that 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from magdi_dist.config import MAGDiConfig, config_hash
+from magdi_dist.storage import join, read_bytes, write_bytes
 
 RUN_FILE = "run.json"
 RESOLVED_CONFIG = "resolved_config.yaml"
@@ -98,32 +98,30 @@ class RunSpec(_Frozen):
         return Path(self.config.train.output_dir)
 
     @property
-    def run_file(self) -> Path:
-        return self.output_dir / RUN_FILE
+    def run_file(self) -> str:
+        """Where ``write_run`` puts it: a local path, or a store URI for a stored run."""
+        return join(self.config.train.output_dir, RUN_FILE)
 
 
-def _write_whole(path: Path, text: str) -> None:
-    """Renamed into place: a rank never reads half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _write_whole(path: str, text: str) -> None:
+    """Whole or not at all (storage.write_bytes): a rank never reads half a file."""
+    write_bytes(path, text.encode())
 
 
 def resolved_yaml(spec: RunSpec) -> str:
     return f"# resolved config, config_hash {spec.config_hash}\n" + spec.config.to_yaml()
 
 
-def write_run(spec: RunSpec) -> Path:
+def write_run(spec: RunSpec) -> str:
     """``<output_dir>/run.json`` and, next to it, ``resolved_config.yaml`` (the config alone, for
     people and for ``load_config``); returns the run file."""
-    path = spec.run_file
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _write_whole(path.with_name(RESOLVED_CONFIG), resolved_yaml(spec))
-    _write_whole(path, json.dumps(spec.model_dump(mode="json"), indent=2) + "\n")
-    return path
+    out = spec.config.train.output_dir
+    _write_whole(join(out, RESOLVED_CONFIG), resolved_yaml(spec))
+    _write_whole(join(out, RUN_FILE), json.dumps(spec.model_dump(mode="json"), indent=2) + "\n")
+    return join(out, RUN_FILE)
 
 
 def read_run(path: str | Path) -> RunSpec:
-    """The spec a driver wrote. Its config was validated on the driver; validating it again here
-    checks only its form (no file on the driver's disk is looked up)."""
-    return RunSpec.model_validate_json(Path(path).read_text())
+    """The spec a driver wrote (a local path or a store URI). Its config was validated on the driver;
+    validating it again here checks only its form (no file on the driver's disk is looked up)."""
+    return RunSpec.model_validate_json(read_bytes(str(path)))

@@ -30,11 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from magdi_dist.config import load_config, or_exit, with_durable_outputs
-    from magdi_dist.preprocess.prepare import prepare_data
+    from magdi_dist.launch.stage import prepare
 
     cfg = or_exit(lambda: with_durable_outputs(load_config(args.config, args.overrides), args.storage))
-    report = or_exit(lambda: prepare_data(cfg, engine="ray", address=args.address))
-    print(f"manifest: {report.manifest}", flush=True)
+    _, where = or_exit(lambda: prepare(cfg, engine="ray", address=args.address))
+    print(f"manifest: {where}", flush=True)
     return 0
 
 

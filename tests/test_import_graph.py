@@ -14,7 +14,7 @@ PACKAGE = ROOT / "magdi_dist"
 
 # Lower layers never import higher ones, nor packages of their own layer (siblings stay independent).
 LAYERS = [
-    ["config_loader"],  # YAML + overrides + one error format, for every config type
+    ["config_loader", "storage"],  # the loader of every config type; local paths and object-store URIs
     ["config", "cli_options"],  # cli_options: Typer options from a config model (imports nothing of ours)
     ["run_spec"],  # the resolved run: plain data over the config, read by train/, built by launch/
     ["mag", "model"],

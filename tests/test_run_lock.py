@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from launchers import REPO, SMALL, clean_env, write_config
@@ -26,15 +27,15 @@ def test_a_live_holder_is_refused_and_a_gone_one_taken_over(tmp_path):
     with run_lock(tmp_path) as path:
         with pytest.raises(RunLocked, match=f"pid {os.getpid()} on "):
             acquire(tmp_path)
-        assert json.loads(path.read_text())["pid"] == os.getpid()
-    assert not path.exists()  # released
+        assert json.loads(Path(path).read_text())["pid"] == os.getpid()
+    assert not Path(path).exists()  # released
 
     lock = tmp_path / LOCK_FILE
     lock.write_text(json.dumps({"host": os.uname().nodename, "pid": _dead_pid(), "started": 1.0,
                                 "since": "then", "command": "magdi-dist train (killed)"}))
     said: list[str] = []
     taken = acquire(tmp_path, said.append)
-    assert json.loads(taken.read_text())["pid"] == os.getpid()
+    assert json.loads(Path(taken).read_text())["pid"] == os.getpid()
     assert said and "taking over" in said[0] and "killed" in said[0]
     release(taken)
 

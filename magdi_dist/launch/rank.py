@@ -28,7 +28,40 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from pathlib import Path
+
+from magdi_dist.run_spec import RunSpec
+from magdi_dist.storage import join
+
+
+def run_rank(spec: RunSpec, *, metrics_callback=None, on_checkpoint=None):
+    """Train this rank on the published run ``spec`` (``train.loop.train``'s TrainResult): what every
+    launcher's ranks run. A stored run (launch/stage.py) is first pulled into this node's mirror by its
+    first local rank, its checkpoints are pushed as they complete, and rank 0 pushes the results."""
+    from magdi_dist.data.shards import load_train_data
+    from magdi_dist.launch.stage import checkpoint_pusher, pull, push_results, remote, spec_on_node
+    from magdi_dist.train.dist import barrier, init_distributed
+    from magdi_dist.train.loop import train
+
+    info = init_distributed()
+    node = spec_on_node(spec)
+    stored = remote(spec.config)
+    if stored:
+        if info.local_rank == 0:
+            pull(spec.config)
+        barrier()
+        push, then = checkpoint_pusher(spec.config.train.output_dir), on_checkpoint
+
+        def on_checkpoint(path, state):
+            push(path, state)  # in the store before anyone is told the checkpoint exists
+            if then is not None:
+                then(path, state)
+
+    result = train(node, load_train_data(node.data.manifest), metrics_callback=metrics_callback,
+                   on_checkpoint=on_checkpoint)
+    if stored and info.is_main:
+        push_results(node.output_dir, spec.config.train.output_dir)
+    barrier()
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,32 +83,32 @@ def main(argv: list[str] | None = None) -> int:
     cfg = None if args.run_file else or_exit(lambda: with_durable_outputs(load_config(args.config, args.overrides),
                                                                      args.storage))
 
-    from magdi_dist.data.shards import load_train_data
     from magdi_dist.run_spec import RUN_FILE, read_run
     from magdi_dist.train.checkpoint import CheckpointMismatch
     from magdi_dist.train.dist import barrier, init_distributed
-    from magdi_dist.train.loop import train
 
     info = init_distributed()
     with contextlib.ExitStack() as driver:  # rank 0 of a --config launch holds the output folder's lock
         run_file = args.run_file
         if cfg is not None:
-            run_file = str(Path(cfg.train.output_dir) / RUN_FILE)
+            run_file = join(cfg.train.output_dir, RUN_FILE)
             if info.is_main:
                 from magdi_dist.launch.lock import RunLocked
                 from magdi_dist.launch.resolve import claimed, prepare_and_publish, resolve_run
+                from magdi_dist.launch.stage import on_node, pull, remote
 
                 try:
-                    spec = resolve_run(cfg, world_size=info.world_size, accelerator=info.accelerator,
+                    if remote(cfg):
+                        pull(cfg)
+                    spec = resolve_run(on_node(cfg), world_size=info.world_size, accelerator=info.accelerator,
                                        resume=args.resume, check_memory=False)
-                    driver.enter_context(claimed(spec))
+                    driver.enter_context(claimed(spec, stored=cfg))
                 except (ConfigError, CheckpointMismatch, RunLocked) as err:  # torchrun stops the others
                     print(f"error: {err}", file=sys.stderr)
                     return 2
-                prepare_and_publish(spec)
+                prepare_and_publish(spec, stored=cfg)
             barrier()
-        spec = read_run(run_file)
-        result = train(spec, load_train_data(spec.data.manifest))
+        result = run_rank(read_run(run_file))
     if info.is_main:  # the line magdi-dist train prints for one rank
         print(f"trained to step {result.step}/{result.total_steps}; export {result.export_dir}", flush=True)
     return 0

@@ -37,9 +37,10 @@ if TYPE_CHECKING:  # the loop imports torch and DeepSpeed; the driver only needs
 log = logging.getLogger(__name__)
 
 
-def report_to_ray(then: CheckpointCallback | None = None) -> CheckpointCallback:
+def report_to_ray(then: CheckpointCallback | None = None, stored_output_dir: str | None = None) -> CheckpointCallback:
     """The loop's ``on_checkpoint``: report each complete checkpoint to Ray Train, in place, from every
-    rank, then call ``then`` (a user's callback) if given.
+    rank, then call ``then`` (a user's callback) if given. A stored run's checkpoint is reported where
+    it lies in the store (launch/stage.py pushed it, ``COMPLETE`` last, before this is called).
 
     ``checkpoint.save`` is collective and returns on all ranks once the directory is complete (rank 0
     writes COMPLETE before returning; ``ray.train.report`` is itself a barrier), so every rank reports
@@ -49,11 +50,16 @@ def report_to_ray(then: CheckpointCallback | None = None) -> CheckpointCallback:
     from ray.train import Checkpoint, CheckpointUploadMode
 
     def on_checkpoint(path: Path, state: dict) -> None:
-        ray.train.report(
-            {"step": state["step"], "data_position": state["data_position"]},
-            checkpoint=Checkpoint.from_directory(str(path)),
-            checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD,
-        )
+        if stored_output_dir is None:
+            ckpt = Checkpoint.from_directory(str(path))
+        else:
+            from magdi_dist.launch.stage import CHECKPOINTS
+            from magdi_dist.storage import filesystem, join
+
+            fs, where = filesystem(join(stored_output_dir, CHECKPOINTS, path.name))
+            ckpt = Checkpoint(where, filesystem=fs)
+        ray.train.report({"step": state["step"], "data_position": state["data_position"]}, checkpoint=ckpt,
+                         checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
         if then is not None:
             then(path, state)
 
@@ -76,23 +82,24 @@ def train_worker(config: dict[str, Any]) -> dict[str, Any]:
     re-derived here, and no file on the driver's disk is read."""
     import ray.train
 
-    from magdi_dist.data.shards import load_train_data
+    from magdi_dist.launch.rank import run_rank
+    from magdi_dist.launch.stage import remote, spec_on_node
     from magdi_dist.train import checkpoint
-    from magdi_dist.train.loop import train
 
     spec: RunSpec = config["run"]
     ctx = ray.train.get_context()
     previous = ray.train.get_checkpoint()
-    resumed = checkpoint.latest_checkpoint(spec.output_dir) is not None
+    resumed = checkpoint.latest_checkpoint(spec_on_node(spec).output_dir) is not None or previous is not None
     print(f"[launch] rank {ctx.get_world_rank()}/{ctx.get_world_size()} pid {os.getpid()}; "
           f"{'resuming' if resumed else 'starting'} (Ray's last checkpoint: "
           f"{previous.path if previous else None})", flush=True)
-    data = load_train_data(spec.data.manifest)
     logger = _mlflow_callback(config.get("tracking"), ctx.get_world_rank())
+    stored = spec.config.train.output_dir if remote(spec.config) else None
     try:
         # A restart after a failure resumes from the newest complete checkpoint: the driver removed
         # older runs' checkpoints for --no-resume, so every one there is this run's.
-        result = train(spec, data, metrics_callback=logger, on_checkpoint=report_to_ray(config.get("on_checkpoint")))
+        result = run_rank(spec, metrics_callback=logger,
+                          on_checkpoint=report_to_ray(config.get("on_checkpoint"), stored))
     finally:
         if logger is not None:
             logger.close()  # flush the buffered steps, also when training fails
@@ -135,18 +142,22 @@ def train_on_ray(
 
     from magdi_dist.config import with_durable_outputs
     from magdi_dist.launch.resolve import claimed, prepare_and_publish, resolve_run
+    from magdi_dist.launch.stage import on_node, pull, remote
     from magdi_dist.preprocess.session import ray_session
 
     # Every worker and every restart must find the same directory, whatever its working directory.
     cfg = with_durable_outputs(cfg, storage)
-    out = Path(cfg.train.output_dir)
+    out = cfg.train.output_dir
     log(f"outputs: {out}")
     with ray_session(address, num_cpus=max(os.cpu_count() or 1, int(num_workers * cpus_per_worker) + 1)):
         gpu = gpus_available() if use_gpu is None else use_gpu
         # Resolved for the cluster's devices; their memory is planned with `magdi-dist plan`, not here.
-        spec = resolve_run(cfg, world_size=num_workers, accelerator="cuda" if gpu else "cpu", resume=resume)
-        with claimed(spec, log):
-            spec = prepare_and_publish(spec, engine="ray", log=log)
+        if remote(cfg):
+            pull(cfg)  # the driver resolves on its mirror of the store
+        spec = resolve_run(on_node(cfg), world_size=num_workers, accelerator="cuda" if gpu else "cpu",
+                           resume=resume)
+        with claimed(spec, log, stored=cfg):
+            spec = prepare_and_publish(spec, stored=cfg, engine="ray", log=log)
             resources = {"CPU": cpus_per_worker, **({"GPU": 1} if gpu else {})}
             log(f"train: {num_workers} Ray Train worker(s), {'GPU' if gpu else 'CPU'} ({resources}), "
                 f"max_failures={max_failures}, output {out}")
@@ -156,8 +167,10 @@ def train_on_ray(
                 scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=gpu, resources_per_worker=resources),
                 torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
                 run_config=RunConfig(
-                    name=out.name,
-                    storage_path=str(out.parent),
+                    # Ray's run folder is the output folder (local, or in the store): its checkpoints
+                    # are reported where they already are.
+                    name=out.rstrip("/").rsplit("/", 1)[-1],
+                    storage_path=out.rstrip("/").rsplit("/", 1)[0],
                     failure_config=FailureConfig(max_failures=max_failures),
                     # Our loop prunes its own checkpoints (train.keep_last_k); Ray must not delete any.
                     checkpoint_config=CheckpointConfig(num_to_keep=None),

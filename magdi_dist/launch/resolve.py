@@ -68,25 +68,34 @@ def resolve_run(cfg: MAGDiConfig, *, world_size: int, accelerator: str, resume: 
 
 
 @contextlib.contextmanager
-def claimed(spec: RunSpec, log=print) -> Iterator[RunSpec]:
-    """Hold the run's output folder for the driver's lifetime (``launch.lock``): the teacher files are
-    checked first, so a refused run writes nothing; then the folder is locked, and only then does
-    ``resume=False`` delete the old checkpoints (never another live run's)."""
+def claimed(spec: RunSpec, log=print, *, stored: MAGDiConfig | None = None) -> Iterator[RunSpec]:
+    """Hold the run's output folder for the driver's lifetime (``launch.lock``; for a stored run, a
+    lock object in the store): the teacher files are checked first, so a refused run writes nothing;
+    then the folder is locked, and only then does ``resume=False`` delete the old checkpoints (never
+    another live run's) and a corrupt checkpoint go out of the ranks' way."""
     from magdi_dist.launch.lock import run_lock
+    from magdi_dist.launch.stage import CHECKPOINTS, remote
     from magdi_dist.preprocess.prepare import check_inputs
+    from magdi_dist.storage import delete_tree, join
     from magdi_dist.train import checkpoint
 
     check_inputs(spec.config)
-    with run_lock(spec.output_dir, log):
+    store = stored.train.output_dir if stored is not None and remote(stored) else None
+    with run_lock(store or spec.output_dir, log):
         if not spec.resume:
             checkpoint.clear(spec.output_dir)
+            if store:
+                delete_tree(join(store, CHECKPOINTS))
         for bad in spec.corrupt:  # newer than the one resumed from: out of the ranks' way, kept to inspect
             log(f"checkpoint: set aside as {checkpoint.set_aside(Path(bad), checkpoint.verify(Path(bad)))}")
+            if store:
+                delete_tree(join(store, CHECKPOINTS, Path(bad).name))
         yield spec
 
 
-def publish(spec: RunSpec) -> Path:
-    """Write the run for its ranks (run.json, resolved_config.yaml) and show the config in the log."""
+def publish(spec: RunSpec) -> str:
+    """Write the run for its ranks (run.json, resolved_config.yaml; in the store for a stored run) and
+    show the config in the log."""
     from magdi_dist.run_spec import resolved_yaml, write_run
 
     path = write_run(spec)
@@ -94,15 +103,21 @@ def publish(spec: RunSpec) -> Path:
     return path
 
 
-def prepare_and_publish(spec: RunSpec, *, engine: str = "local", address: str | None = None,
-                        log=None) -> RunSpec:
+def prepare_and_publish(spec: RunSpec, *, stored: MAGDiConfig | None = None, engine: str = "local",
+                        address: str | None = None, log=None) -> RunSpec:
     """Bring the run's shards up to date (``preprocess.prepare_data``, on this driver or its Ray
-    cluster), attach them to the run and publish it: what every launcher does before its ranks start."""
+    cluster), attach them to the run and publish it: what every launcher does before its ranks start.
+    A stored run (``stored``: the config naming the store) was resolved on this node's mirror: its
+    shards are pushed, and the run is published, and returned, naming store paths (launch/stage.py)."""
+    from magdi_dist.launch.stage import push_shards, remote, spec_in_store
     from magdi_dist.preprocess.pipeline import print_log
     from magdi_dist.preprocess.prepare import prepare_data
 
     report = prepare_data(spec.config, engine=engine, address=address, log=log or print_log)
     spec = with_data(spec, report.manifest)
+    if stored is not None and remote(stored):
+        push_shards(stored)
+        spec = spec_in_store(spec, stored)
     publish(spec)
     return spec
 

@@ -38,24 +38,27 @@ def run(config: str | Path, overrides: list[str], *, storage: str | None = None,
         summary = train_on_ray(cfg, num_workers=ray_workers, resume=resume, **ray_options)
         return 0 if summary.get("step") == summary.get("total_steps") else 1
 
-    # Local ranks: resolved and checked before anything is written, the output folder locked, the
+    # Local ranks: resolved and checked before anything is written (on this node's mirror for a run
+    # stored in object storage, after pulling what the store holds), the output folder locked, the
     # data prepared once, here.
+    from magdi_dist.launch.stage import on_node, pull, remote
     from magdi_dist.train.dist import select_accelerator
 
-    spec = resolve_run(cfg, world_size=nproc_per_node, accelerator=select_accelerator(), resume=resume,
+    if remote(cfg):
+        pull(cfg)
+    spec = resolve_run(on_node(cfg), world_size=nproc_per_node, accelerator=select_accelerator(), resume=resume,
                        check_memory=True)
-    with claimed(spec):
+    with claimed(spec, stored=cfg):
         print(f"outputs: {cfg.train.output_dir}", flush=True)
-        spec = prepare_and_publish(spec, engine="ray" if ray_preprocess else "local")
+        spec = prepare_and_publish(spec, stored=cfg, engine="ray" if ray_preprocess else "local")
         if nproc_per_node > 1:
             from magdi_dist.launch.torchrun import torchrun_command
 
             return subprocess.call(torchrun_command(spec.run_file, nproc_per_node))
 
-        # One rank, in this process: the loop on the shards' rows.
-        from magdi_dist.data.shards import load_train_data
-        from magdi_dist.train.loop import train
+        # One rank, in this process.
+        from magdi_dist.launch.rank import run_rank
 
-        result = train(spec, load_train_data(spec.data.manifest))
+        result = run_rank(spec)
         print(f"trained to step {result.step}/{result.total_steps}; export {result.export_dir}", flush=True)
         return 0
