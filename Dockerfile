@@ -28,7 +28,8 @@ RUN pip install --upgrade "pip==24.3.1" \
 
 RUN pip install "deepspeed==0.19.8" "torch_geometric==2.8.1" "ray[default,data,train]==2.60.0" \
        "transformers==5.23.0" "mlflow==3.17.2" "peft==0.21.2" "safetensors==0.8.0" \
-       "pydantic==2.14.4" "typer==0.29.2" "pyarrow==25.0.1" "sympy==1.14.0"
+       "pydantic==2.14.4" "typer==0.29.2" "pyarrow==25.0.1" "sympy==1.14.0" \
+       "math-verify==0.9.0" "latex2sympy2_extended==1.11.0" "antlr4-python3-runtime==4.13.2"
 
 WORKDIR /app
 COPY pyproject.toml README.md ./

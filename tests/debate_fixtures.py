@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from magdi_dist.debate.config import debate_config_from_dict
-from magdi_dist.debate.serve import SAMPLING_EXTRA_BODY, free_port, start_transformers_serve
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: benchmarks/ is no installed package
+
+from benchmarks.serving import SAMPLING_EXTRA_BODY, free_port, start_transformers_serve  # noqa: E402
+from magdi_dist.debate.config import debate_config_from_dict  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
 

@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 
 from magdi_dist.config import ConfigError
-from magdi_dist.debate.answers import extract
 from magdi_dist.debate.build import build_mag, question_sha, request_seed
 from magdi_dist.debate.client import backoff_delay
 from magdi_dist.debate.config import EndpointLimits, debate_config_from_dict, load_debate_config, simple_config
-from magdi_dist.debate.limits import Gate
 from magdi_dist.debate.prompts import messages_for
 from magdi_dist.debate.store import StateError, TurnStore
+from magdi_dist.eval.endpoint import Gate
 from magdi_dist.eval.questions import EvalQuestion
+from magdi_dist.mag.answers import extract_turn
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -98,14 +98,14 @@ def test_reconcile_prompt_shows_answers_confidences_and_own(tmp_path):
 
 
 def _found(text, task, **kw):
-    got = extract(text, task, **kw)
+    got = extract_turn(text, task, **kw)
     return got.answer, got.source
 
 
 def test_answer_extraction_order_and_cut_replies():
-    assert extract('{"reasoning": "r", "answer": "B", "confidence_level": "0.8"}', "multiple_choice") == \
-        extract('```json\n{"reasoning": "r", "answer": "B", "confidence_level": 0.8}\n```', "multiple_choice")
-    got = extract('{"reasoning": "r", "answer": "B", "confidence_level": "85%"}', "multiple_choice")
+    assert extract_turn('{"reasoning": "r", "answer": "B", "confidence_level": "0.8"}', "multiple_choice") == \
+        extract_turn('```json\n{"reasoning": "r", "answer": "B", "confidence_level": 0.8}\n```', "multiple_choice")
+    got = extract_turn('{"reasoning": "r", "answer": "B", "confidence_level": "85%"}', "multiple_choice")
     assert (got.answer, got.source, got.confidence, got.reasoning) == ("B", "json", 0.85, "r")
     assert _found("so 5. The answer is 6. \\boxed{7}", "numeric") == ("7", "boxed")
     assert _found("so 5. The answer is 6.", "numeric") == ("6", "statement")

@@ -205,7 +205,7 @@ def _check_against_records(summary: dict, records: list[dict]) -> None:
     assert summary["latency_s_per_question"] == pytest.approx(sum(r["latency_s"] for r in records) / n)
 
 
-# Crafted outputs on which the library (magdi_dist.eval.answers) must read what the independent reading
+# Crafted outputs on which the library (magdi_dist.mag.answers) must read what the independent reading
 # reads (the first statement after the prompt; a rambling second question is never read).
 CRAFTED_TEXTS = [
     "Step 1: 3 + 4 = 7. So the answer is 7. The answer is 7.",
@@ -243,14 +243,14 @@ CRAFTED_VOTES = [
 
 @pytest.mark.parametrize("text", CRAFTED_TEXTS)
 def test_library_extraction_agrees_with_the_independent_reading(text):
-    from magdi_dist.eval.answers import extract_answer
+    from magdi_dist.mag.answers import extract_answer
 
     assert extract_answer(text) == read_answer(text)
 
 
 @pytest.mark.parametrize("task, answers, options, gold", CRAFTED_VOTES)
 def test_library_vote_agrees_with_the_independent_vote(task, answers, options, gold):
-    from magdi_dist.eval.answers import is_correct, majority_vote
+    from magdi_dist.mag.answers import is_correct, majority_vote
 
     vote = majority_vote(task, answers, options)
     mine = independent_vote(task, answers, options)

@@ -8,12 +8,11 @@ import json
 import pytest
 import torch
 
-from magdi_dist.eval.answers import extract_answer, majority_vote
 from magdi_dist.eval.generate import PerRowSampler, sample_seed
 from magdi_dist.eval.loader import ModelNotFoundError, find_hf_dirs
 from magdi_dist.eval.questions import QuestionFileError, detect_format, load_questions
 from magdi_dist.eval.stats import wilson_interval
-from magdi_dist.mag.grading import grade_answer
+from magdi_dist.mag.answers import extract_answer, grade_answer, majority_vote
 
 
 def test_wilson_interval_matches_hand_computation():
@@ -223,6 +222,43 @@ def test_registered_student_cuts_its_answer_as_evaluation_does():
 
     text = "Step 1: 3 + 4 = 7. So the answer is 7. The answer is 7.\nQuestion: Ben has 2 pens."
     assert resolve_truncate()(text) == "Step 1: 3 + 4 = 7. So the answer is 7."
+
+
+_SERVING_ENV = """
+import importlib.abc, importlib.util, sys
+
+# What a serving environment lacks (it has MLflow, so pydantic, and the pinned torch/transformers,
+# blocked here too: prompt.py must not need them).
+BLOCKED = {"torch", "transformers", "torch_geometric", "deepspeed", "ray", "sympy", "math_verify",
+           "latex2sympy2_extended", "numpy", "pyarrow", "yaml", "mlflow"}
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is not in the serving environment")
+
+sys.meta_path.insert(0, Block())
+spec = importlib.util.spec_from_file_location("_magdi_student_prompt", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+print(module.truncate_answer("So 3 + 4 = 7. The answer is 7. The answer is 8."))
+print(module.format_target("3 + 4 = 7", "7"))
+"""
+
+
+def test_prompt_loads_by_path_without_the_training_stack():
+    """prompt.py reads and writes the answer statement through magdi_dist.mag.answers; loaded by path
+    as the pyfunc model loads it, that import must work with nothing but pydantic installed."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import magdi_dist.data.prompt as prompt
+
+    proc = subprocess.run([sys.executable, "-c", _SERVING_ENV, str(Path(prompt.__file__))],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["So 3 + 4 = 7. The answer is 7.", "3 + 4 = 7 The answer is 7."]
 
 
 def test_exclude_drops_every_question_a_training_discussion_holds(shared_data):

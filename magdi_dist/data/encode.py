@@ -6,7 +6,8 @@ same chain are computed from identical token ids.
 
 from __future__ import annotations
 
-from magdi_dist.data.prompt import ANSWER_PREFIX, format_target, prompt_adds_special_tokens, render_prompt
+from magdi_dist.data.prompt import format_target, prompt_adds_special_tokens, render_prompt
+from magdi_dist.mag.answers import ANSWER_PREFIX
 from magdi_dist.mag.schema import MAG
 
 IGNORE_INDEX = -100

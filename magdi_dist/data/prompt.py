@@ -3,7 +3,8 @@
 A row is ``render_prompt(tokenizer, question, options)`` followed by ``format_target(reasoning,
 answer)`` and the tokenizer's eos token (appended as a token id by data/encode.py, never as text, so it
 cannot be split by a tokenizer that does not know its string). Evaluation feeds ``render_prompt`` alone
-and parses the generated "The answer is ..." sentence.
+and parses the generated "The answer is ..." sentence (the statement itself, written and read, is
+magdi_dist.mag.answers': one rule for both sides).
 
 The prompt follows the tokenizer: a tokenizer with a chat template (an instruct student) gets the
 question as the user's turn of its template, opened for the assistant's reply, which the chain then
@@ -12,7 +13,9 @@ students, base models) gets the plain ``Question: ... Answer: `` text. Being a f
 tokenizer alone, the choice is the same in training, frozen features, evaluation and the registered
 model, which all load the same tokenizer files.
 
-This module imports nothing but the standard library: the registered pyfunc model loads it by path.
+This module imports nothing but the standard library and magdi_dist.mag.answers (itself light: see
+there): the registered pyfunc model loads it by path, in a serving environment without the training
+stack.
 """
 
 from __future__ import annotations
@@ -20,11 +23,11 @@ from __future__ import annotations
 import re
 import string
 
+# answer_sentence is also data's public name for the target's last sentence (data/__init__).
+from magdi_dist.mag.answers import STATEMENT_END, answer_sentence
+
 # An option that already carries its label ("A) ...", "(b) ...", "3. ...") is shown as given.
 _LABELLED = re.compile(r"^\s*\(?[A-Za-z0-9]{1,2}[\).:]\s")
-
-ANSWER_PREFIX = "The answer is "
-ANSWER_PREFIX_RX = re.escape(ANSWER_PREFIX.strip())  # the statement's opening, for regexes
 
 
 def format_options(options: list[str]) -> str:
@@ -61,12 +64,18 @@ def render_prompt(tokenizer, question: str | None, options: list[str] | None = N
     ``add_special_tokens=prompt_adds_special_tokens(tokenizer)``."""
     if not uses_chat_template(tokenizer):
         return format_prompt(question, options)
+    return tokenizer.apply_chat_template(chat_messages(question, options), tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def chat_messages(question: str | None, options: list[str] | None = None) -> list[dict]:
+    """The conversation an instruct student's prompt is the chat template of (``render_prompt``); an
+    OpenAI-compatible chat endpoint given these messages applies the same template to them."""
     lines = [f"Question: {(question or '').strip()}"]
     if options:
         lines.append(f"Options: {format_options(options)}")
     lines.append(CHAT_INSTRUCTION)
-    messages = [{"role": "user", "content": "\n".join(lines)}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return [{"role": "user", "content": "\n".join(lines)}]
 
 
 def prompt_adds_special_tokens(tokenizer) -> bool:
@@ -83,13 +92,6 @@ def format_target(reasoning: str, answer: str | None) -> str:
     return text
 
 
-def answer_sentence(answer: str) -> str:
-    """The final sentence of a target: what answer_only_loss trains on and evaluation parses."""
-    return f"{ANSWER_PREFIX}{str(answer).strip()}."
-
-
-# A complete statement: its full stop is followed by whitespace, or a line break ends it.
-_STATEMENT_END = re.compile(rf"(?i)\b{ANSWER_PREFIX_RX}(?=[\s:])[ \t]*:?\s*\S[^\n]*?(?:\.(?=\s)|(?=\n))")
 _NEXT_QUESTION = re.compile(r"\n\s*Question:|(?<=\S)\s+Question:")
 
 
@@ -98,7 +100,7 @@ def answer_end(text: str) -> int | None:
     after the first complete "The answer is X." statement, or just before a next "Question:" that
     the model started to invent, whichever comes first."""
     ends = []
-    if m := _STATEMENT_END.search(text):
+    if m := STATEMENT_END.search(text):
         ends.append(m.end())
     if m := _NEXT_QUESTION.search(text):
         ends.append(m.start())

@@ -45,10 +45,10 @@ class RowConfig(BaseModel):
 
 
 def ready_mag(mag: MAG) -> MAG:
-    """The completed grid with every node labelled (graded with magdi_dist.mag.grading if needed)."""
+    """The completed grid with every node labelled (graded with magdi_dist.mag.answers if needed)."""
     mag = mag.completed()
     if any(r.label is None for r in mag.responses):
-        from magdi_dist.mag.grading import grade_mag  # only when the input was not graded upstream
+        from magdi_dist.mag.answers import grade_mag  # only when the input was not graded upstream
 
         mag = grade_mag(mag)
     return mag

@@ -18,7 +18,6 @@ and the sampler's position in it is what a checkpoint stores.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +27,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from magdi_dist.config import sha256_file
 
 # The Parquet row layout (docs/CONTRACTS.md "Example row"; written by preprocess/shard_io.py).
 # 2: rows carry ``question_key``; the manifest records the split and the tokenizer.
@@ -52,14 +53,6 @@ def load_manifest(path: str | Path) -> dict:
             f"{SHARD_SCHEMA_VERSION}; re-run preprocessing"
         )
     return manifest
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_shard(path: str | Path) -> pa.Table:
@@ -163,6 +156,9 @@ class TrainData:
     """The manifest's split entry (rule, fraction, seed, counts, held-out question keys)."""
     feature_dim: int | None = None
     """Width of the rows' frozen node features."""
+    training_questions: dict | None = None
+    """The manifest's ``training_questions`` (rule, count, contamination keys of every question not held
+    out): what the export records so evaluation never asks a student what it was trained on."""
 
     def lengths(self) -> list[int]:
         """Padded width each training row needs (the longer chain of the pair)."""
@@ -194,4 +190,5 @@ def load_train_data(manifest: str | Path) -> TrainData:
     tokenizer = rows.manifest["tokenizer"]
     local = rows.manifest_file.parent / tokenizer
     return TrainData(train, held_rows, tokenizer=str(local) if local.is_dir() else tokenizer,
-                     fingerprint=rows.fingerprint, split=split, feature_dim=rows.feature_dim)
+                     fingerprint=rows.fingerprint, split=split, feature_dim=rows.feature_dim,
+                     training_questions=rows.manifest.get("training_questions"))

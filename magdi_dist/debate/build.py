@@ -12,11 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 
-from magdi_dist.debate.answers import extract
 from magdi_dist.debate.config import DebateConfig
 from magdi_dist.debate.prompts import template_hash
 from magdi_dist.eval.questions import EvalQuestion
-from magdi_dist.mag.grading import grade_mag
+from magdi_dist.mag.answers import extract_turn, grade_mag
 from magdi_dist.mag.schema import MAG, Response
 
 GENERATOR = "magdi-dist debate"
@@ -40,7 +39,7 @@ def request_seed(run_seed: int, agent_seed: int, question_id: str, rnd: int) -> 
 def turn_view(turn: dict, task: str) -> dict:
     """What the prompts and the MAG take from a logged turn: its text, answer, confidence."""
     text = turn["content"] if turn["content"].strip() else None
-    ext = extract(text, task, guess=turn.get("finish_reason") != "length") if text else None
+    ext = extract_turn(text, task, guess=turn.get("finish_reason") != "length") if text else None
     return {
         "agent": turn["agent"], "round": turn["round"], "content": text,
         "reasoning": (ext.reasoning if ext and ext.reasoning else text),

@@ -2,7 +2,7 @@
 agent, and this run's own work (turns asked and reused, failures, requests/s, tokens/s).
 
 Agreement of one question in one round is the share of agents in its largest answer group, answers
-grouped as the grader equates them (``eval.answers.majority_vote``: "18", "$18" and "18.0" agree); a
+grouped as the grader equates them (``mag.answers.majority_vote``: "18", "$18" and "18.0" agree); a
 node without an answer is its own group. ``unanimous`` counts the questions where every agent agrees.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from magdi_dist.eval.answers import majority_vote
+from magdi_dist.mag.answers import majority_vote
 from magdi_dist.mag.schema import MAG, Label
 
 

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from magdi_dist.eval.errors import EvalInputError
-from magdi_dist.mag.grading import GoldAnswerError, check_gold
+from magdi_dist.mag.answers import GoldAnswerError, check_gold
 from magdi_dist.mag.split import question_key
 
 BENCHMARK_FORMATS = ("gsm8k", "strategyqa", "ecqa", "arc", "aqua")

@@ -1,10 +1,13 @@
 """Grading teacher answers against the gold answer, per task family.
 
 Families (``schema.TASK_FAMILIES``): ``yes_no``, ``multiple_choice``, ``numeric`` (GSM8K-style) and
-``math`` (MATH-style LaTeX, see :mod:`magdi_dist.mag.math_equiv`). Two kinds of failure differ on
-purpose: an answer that cannot be parsed is simply *incorrect* (teachers write ``NONE``, ``''`` or
-prose), while a gold that cannot be parsed raises :class:`GoldAnswerError`, because a record whose
-gold we cannot read must be rejected rather than silently train on all-incorrect labels.
+``math`` (MATH-style LaTeX, see :mod:`magdi_dist.mag.math_equiv`). Callers outside ``mag`` read and
+grade answers through :mod:`magdi_dist.mag.answers`, which re-exports this module's API.
+
+Two kinds of failure differ on purpose: an answer that cannot be parsed is simply *incorrect*
+(teachers write ``NONE``, ``''`` or prose), while a gold that cannot be parsed raises
+:class:`GoldAnswerError`, because a record whose gold we cannot read must be rejected rather than
+silently train on all-incorrect labels.
 
 Every family first takes the content of the last ``\\boxed{...}`` when the text has one, so a whole
 response can be graded as well as an extracted answer. Rules other modules rely on:
@@ -17,8 +20,8 @@ response can be graded as well as an extracted answer. Rules other modules rely 
   number or contain exactly one number.
 * multiple choice: answers and gold become a 0-based option index (see :func:`parse_choice`).
 * yes/no: yes/true and no/false; an answer may start with it ("No, because ..."), a gold may not.
-* math: :func:`magdi_dist.mag.math_equiv.math_equal` (string, exact number, then sympy with a
-  hard 2 s limit per comparison; a timeout counts as not equal).
+* math: :func:`magdi_dist.mag.math_equiv.math_equal` (math-verify, with a hard 2 s limit per
+  comparison; a timeout counts as not equal). A math gold must have balanced braces and some text.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from __future__ import annotations
 import math
 import re
 
-from magdi_dist.mag.math_equiv import math_equal, normalize_latex, readable
+from magdi_dist.mag.math_equiv import math_equal, readable
 from magdi_dist.mag.schema import MAG, Label, Response
 
 NUMERIC_REL_TOL = 1e-6
@@ -285,7 +288,9 @@ def _gold(task: str, gold: str, options: list[str] | None) -> bool | int | str |
         value = _gold_number(gold)
     elif task == "math":
         g = _unbox(gold)
-        value = g if readable(g) and normalize_latex(g) else None
+        # Not parsed here: math-verify reads nearly any text (prose as a product of symbols), so a
+        # parse would reject nothing and cost the helper process a start per reader.
+        value = g if readable(g) and g.replace("$", "").strip() else None
     else:
         raise ValueError(f"unknown task family {task!r}")
     if value is None:

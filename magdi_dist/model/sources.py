@@ -11,7 +11,6 @@ storage every node sees, or each node converts its own copy.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -19,6 +18,8 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from magdi_dist.config import sha256_file
 
 CACHE_ENV = "MAGDI_CACHE"
 CONVERTED_STAMP = "magdi_gguf_source.json"  # written last: a directory without it is incomplete
@@ -70,14 +71,6 @@ def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "magdi-dist").expanduser()
 
 
-def sha256_of(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def checkpoint_dir(spec):
     """``spec`` as something ``from_pretrained`` loads: a GGUF file or preset becomes its converted
     directory (converted now if the cache lacks it); any other spec is returned unchanged."""
@@ -86,7 +79,7 @@ def checkpoint_dir(spec):
     path = preset_file(spec) if spec in PRESETS else Path(spec).expanduser()
     if not path.is_file():
         raise ModelSourceError(f"GGUF file not found: {path}")
-    digest = sha256_of(path)
+    digest = sha256_file(path)
     out = cache_root() / "gguf" / f"{path.stem}-{digest[:16]}"
     if not (out / CONVERTED_STAMP).is_file():
         convert_gguf(path, out, digest)

@@ -12,7 +12,7 @@ import hashlib
 import json
 from typing import Any
 
-from magdi_dist.data.shards import sha256_file
+from magdi_dist.config import sha256_file
 
 __all__ = ["environment_fingerprint", "model_fingerprint", "sha256_file", "sha256_json", "tokenizer_fingerprint",
            "unit_key"]

@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from magdi_dist.data.shards import sha256_file
+from magdi_dist.config import sha256_file
 
 # One Parquet row == one training example ("Example row" in docs/CONTRACTS.md).
 ROW_SCHEMA = pa.schema(
