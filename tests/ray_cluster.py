@@ -73,7 +73,8 @@ def base_env(temp_dir: Path) -> dict[str, str]:
     return env
 
 
-def start_cluster(num_cpus: int = 4, object_store_bytes: int = 200 * 1024**2, timeout: float = 120) -> RayCluster:
+def start_cluster(num_cpus: int = 4, object_store_bytes: int = 200 * 1024**2, timeout: float = 120,
+                  env_extra: dict[str, str] | None = None) -> RayCluster:
     temp_dir = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
     gcs, dash = free_port(), free_port()
     log = temp_dir / "ray-start.log"
@@ -91,7 +92,7 @@ def start_cluster(num_cpus: int = 4, object_store_bytes: int = 200 * 1024**2, ti
     (temp_dir / "auth_token").write_text(secrets.token_hex(32))
     env = base_env(temp_dir)
     env.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(temp_dir / "auth_token"),
-               RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")  # nothing to drain; stop at once
+               RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0", **(env_extra or {}))  # nothing to drain; stop at once
     with log.open("w") as fh:
         # Own session (process group): teardown can reach every process this head spawned, and nothing else.
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -112,6 +113,64 @@ def start_cluster(num_cpus: int = 4, object_store_bytes: int = 200 * 1024**2, ti
     tail = log.read_text()[-3000:]
     stop_cluster(cluster)
     raise TimeoutError(f"Ray head did not come up in {timeout}s:\n{tail}")
+
+
+def start_worker_node(cluster: RayCluster, num_cpus: int = 1, env_extra: dict[str, str] | None = None,
+                      attempts: int = 3) -> RayCluster:
+    """``_start_worker_node``, again when it fails: on a loaded 2-core machine a joining raylet's first
+    RPC to the GCS can miss Ray's own deadline ("Deadline Exceeded") and ``ray start`` exits."""
+    for attempt in range(attempts):
+        try:
+            return _start_worker_node(cluster, num_cpus, env_extra)
+        except RuntimeError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(5)
+    raise AssertionError("unreachable")
+
+
+def _start_worker_node(cluster: RayCluster, num_cpus: int = 1, env_extra: dict[str, str] | None = None,
+                       object_store_bytes: int = 100 * 1024**2, timeout: float = 120) -> RayCluster:
+    """Another node of ``cluster`` on this machine: its own ``ray start`` with its own temp dir and
+    ports (the dashboard agent's collide otherwise), and ``env_extra`` (e.g. its own MAGDI_SCRATCH)
+    for every process it starts. Stopped by ``stop_cluster``; SIGKILL its process group to lose it."""
+    temp_dir = Path(tempfile.mkdtemp(prefix="rw", dir="/tmp"))
+    log = temp_dir / "ray-start.log"
+    cmd = [
+        RAY, "start", "--address", cluster.gcs_address, "--block", "--disable-usage-stats",
+        "--temp-dir", str(temp_dir), "--num-cpus", str(num_cpus), "--num-gpus", "0",
+        "--object-store-memory", str(object_store_bytes), "--node-ip-address", "127.0.0.1",
+        "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
+        "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port()),
+        "--node-manager-port", str(free_port()), "--object-manager-port", str(free_port()),
+    ]  # fmt: skip
+    env = base_env(temp_dir)
+    env.update(RAY_USAGE_STATS_ENABLED="0", **cluster.auth, RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",
+               **(env_extra or {}))
+    with log.open("w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    node = RayCluster(proc, temp_dir, cluster.gcs_address, cluster.dashboard_url, log)
+    before = alive_nodes(cluster)
+    deadline = time.monotonic() + timeout
+    while alive_nodes(cluster) <= before:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            tail = log.read_text()[-3000:]
+            stop_cluster(node)
+            raise RuntimeError(f"worker node did not join:\n{tail}")
+        time.sleep(1)
+    return node
+
+
+def alive_nodes(cluster: RayCluster) -> int:
+    import json
+
+    out = subprocess.run([RAY, "list", "nodes", "--address", cluster.gcs_address, "--format", "json",
+                          "--filter", "state=ALIVE"], env=cluster.env(), capture_output=True, text=True,
+                         timeout=60).stdout
+    try:
+        return len(json.loads(out or "[]"))
+    except ValueError:
+        return 0
 
 
 def stop_cluster(cluster: RayCluster, grace: float = 20) -> None:

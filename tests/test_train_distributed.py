@@ -13,7 +13,7 @@ from launchers import assert_same_run, deepspeed_launcher, losses, torchrun, tra
 from safetensors.torch import load_file
 
 from magdi_dist.config import config_hash, load_config
-from magdi_dist.launch.resolve import resolve_run
+from magdi_dist.launch.resolve import claimed, resolve_run
 from magdi_dist.recipes.train import load
 from magdi_dist.train.checkpoint import CheckpointMismatch, latest_checkpoint
 
@@ -124,7 +124,9 @@ def test_resume_refuses_a_different_config_or_world_size(resumed, work, tmp_path
     copy = tmp_path / "copy"
     shutil.copytree(resumed / "checkpoints", copy / "checkpoints")
     spec = resolve([f"train.output_dir={copy}", "train.deepspeed=zero2", "train.lr=0.01"], resume=False)
-    assert spec.resume_from is None and not (copy / "checkpoints").exists()
+    assert spec.resume_from is None and (copy / "checkpoints").exists()  # resolving writes nothing
+    with claimed(spec):  # the driver, holding the folder, starts over
+        assert not (copy / "checkpoints").exists()
 
 
 def test_zero3_export_loads_and_generates(stage_runs):

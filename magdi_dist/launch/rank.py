@@ -35,8 +35,8 @@ from magdi_dist.storage import join
 
 def run_rank(spec: RunSpec, *, metrics_callback=None, on_checkpoint=None):
     """Train this rank on the published run ``spec`` (``train.loop.train``'s TrainResult): what every
-    launcher's ranks run. A stored run (launch/stage.py) is first pulled into this node's mirror by its
-    first local rank, its checkpoints are pushed as they complete, and rank 0 pushes the results."""
+    launcher's ranks run. A stored run (launch/stage.py) is first pulled into this node's mirror, its
+    checkpoints are pushed as they complete, and rank 0 pushes the results."""
     from magdi_dist.data.shards import load_train_data
     from magdi_dist.launch.stage import checkpoint_pusher, pull, push_results, remote, spec_on_node
     from magdi_dist.train.dist import barrier, init_distributed
@@ -46,9 +46,7 @@ def run_rank(spec: RunSpec, *, metrics_callback=None, on_checkpoint=None):
     node = spec_on_node(spec)
     stored = remote(spec.config)
     if stored:
-        if info.local_rank == 0:
-            pull(spec.config)
-        barrier()
+        pull(spec.config)  # the node's ranks take turns: the first transfers, the others find it there
         push, then = checkpoint_pusher(spec.config.train.output_dir), on_checkpoint
 
         def on_checkpoint(path, state):

@@ -6,9 +6,9 @@ durable. Nothing but the store is shared between nodes:
 
 * the driver pulls what the store holds (shards, checkpoints, metrics) into its mirror, resolves the
   run there, prepares the shards and pushes them, and publishes ``run.json`` to the store;
-* each node's first local rank pulls the shards and the checkpoints before training (a replaced node
-  starts from an empty scratch);
-* after each checkpoint, each node's first local rank pushes the files its node wrote, then rank 0
+* each node pulls the shards and the checkpoints before training (a replaced node starts from an
+  empty scratch), its ranks taking turns (``node_turn``);
+* after each checkpoint, each node pushes the files its ranks wrote, then rank 0
   pushes ``COMPLETE`` (with every file's hash) last, so a node killed mid-upload leaves a checkpoint
   the store does not call complete; checkpoints pruned locally are deleted from the store;
 * rank 0 pushes the export and ``metrics.jsonl`` at the end.
@@ -21,6 +21,7 @@ never change in place, the manifest and unit records do.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from magdi_dist.config import MAGDiConfig
@@ -83,11 +84,33 @@ def _shards_dir(cfg: MAGDiConfig) -> str:
     return str(shards_dir(cfg))
 
 
+@contextlib.contextmanager
+def node_turn(mirror: Path):
+    """One process of this node at a time in its mirror: ranks sharing a node (and a scratch disk)
+    take turns, so the second finds the first's files and transfers nothing. A file lock, not local
+    ranks: a launcher's local rank says nothing of which disk a process sees (Ray numbers the
+    workers of one IP address together)."""
+    import fcntl
+
+    mirror.mkdir(parents=True, exist_ok=True)
+    with (mirror / ".node.lock").open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def pull(stored: MAGDiConfig, *, shards: bool = True, checkpoints: bool = True) -> list[str]:
     """Bring this node's mirror up to date with the store (what is missing or of another size)."""
+    local = on_node(stored)
+    with node_turn(Path(local.train.output_dir)):
+        return _pull(stored, local, shards, checkpoints)
+
+
+def _pull(stored: MAGDiConfig, local: MAGDiConfig, shards: bool, checkpoints: bool) -> list[str]:
     from magdi_dist.storage import pull_tree
 
-    local = on_node(stored)
     out, uri = Path(local.train.output_dir), stored.train.output_dir
     got = []
     if checkpoints:
@@ -115,8 +138,6 @@ def push_run_file(spec_stored: RunSpec, local_run_file: Path) -> str:
 
 def checkpoint_pusher(stored_output_dir: str):
     """The loop's ``on_checkpoint`` for a stored run (every rank calls it after a complete save)."""
-    import os
-
     from magdi_dist.storage import delete_tree, list_files, push_tree
     from magdi_dist.train.checkpoint import MARKER
     from magdi_dist.train.dist import barrier
@@ -126,7 +147,7 @@ def checkpoint_pusher(stored_output_dir: str):
 
         rank = dist.get_rank() if dist.is_initialized() else 0
         target = join(stored_output_dir, CHECKPOINTS, path.name)
-        if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # this node's files, once per node
+        with node_turn(path.parent.parent):  # this node's files; a second rank here finds them sent
             push_tree(path, target, skip=(MARKER,), small=SMALL)
         barrier()
         if rank == 0:
@@ -150,6 +171,16 @@ def push_results(local_output_dir: Path, stored_output_dir: str) -> None:
     push_tree(local_output_dir, stored_output_dir, small=SMALL, skip=(CHECKPOINTS, "shards", "export"))
 
 
+def preparation_engine(cfg: MAGDiConfig, engine: str, log=None) -> str:
+    """A stored run's shards are prepared in this process: Ray Data's feature actors write their shards
+    to the disk of the node they run on, which no other node sees (writing them to the store from the
+    actors is not built yet)."""
+    if remote(cfg) and engine != "local":
+        (log or print)("preprocess: a run stored in object storage prepares its shards on this node")
+        return "local"
+    return engine
+
+
 def prepare(cfg: MAGDiConfig, *, engine: str = "local", address: str | None = None, log=None):
     """``preprocess.prepare_data`` for a local or a stored run: a stored run's shards are prepared in
     this node's mirror (after pulling what the store holds, so a re-run does no work) and pushed.
@@ -161,6 +192,7 @@ def prepare(cfg: MAGDiConfig, *, engine: str = "local", address: str | None = No
         report = prepare_data(cfg, engine=engine, address=address, log=log or print_log)
         return report, str(report.manifest)
     pull(cfg, checkpoints=False)
-    report = prepare_data(on_node(cfg), engine=engine, address=address, log=log or print_log)
+    report = prepare_data(on_node(cfg), engine=preparation_engine(cfg, engine, log), address=address,
+                          log=log or print_log)
     push_shards(cfg)
     return report, join(_shards_uri(cfg), "manifest.json")

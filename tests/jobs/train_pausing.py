@@ -29,7 +29,8 @@ def main(argv: list[str]) -> int:
             print(f"[test] checkpoint {path} complete; pausing {pause_s}s", flush=True)
             time.sleep(pause_s)
 
-    cfg = with_durable_outputs(load_config(config, overrides))
+    storage = args[args.index("--storage") + 1] if "--storage" in args else None
+    cfg = with_durable_outputs(load_config(config, overrides), storage)
     summary = train_on_ray(cfg, num_workers=workers, on_checkpoint=pause_after_step_2)
     return 0 if summary.get("step") == summary.get("total_steps") else 1
 
