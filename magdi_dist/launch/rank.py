@@ -30,7 +30,7 @@ import contextlib
 import sys
 
 from magdi_dist.run_spec import RunSpec
-from magdi_dist.storage import join
+from magdi_dist.storage import is_uri, join
 
 
 def run_rank(spec: RunSpec, *, metrics_callback=None, on_checkpoint=None):
@@ -106,9 +106,12 @@ def main(argv: list[str] | None = None) -> int:
                     return 2
                 prepare_and_publish(spec, stored=cfg)
             barrier()
-        result = run_rank(read_run(run_file))
-    if info.is_main:  # the line magdi-dist train prints for one rank
-        print(f"trained to step {result.step}/{result.total_steps}; export {result.export_dir}", flush=True)
+        spec = read_run(run_file)
+        result = run_rank(spec)
+    if info.is_main:  # the line magdi-dist train prints for one rank (a stored run's export: in the store)
+        stored = is_uri(spec.config.train.output_dir)
+        export = join(spec.config.train.output_dir, "export") if result.export_dir and stored else result.export_dir
+        print(f"trained to step {result.step}/{result.total_steps}; export {export}", flush=True)
     return 0
 
 if __name__ == "__main__":

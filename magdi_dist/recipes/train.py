@@ -60,5 +60,10 @@ def run(config: str | Path, overrides: list[str], *, storage: str | None = None,
         from magdi_dist.launch.rank import run_rank
 
         result = run_rank(spec)
-        print(f"trained to step {result.step}/{result.total_steps}; export {result.export_dir}", flush=True)
+        export = result.export_dir
+        if remote(cfg) and export is not None:  # the mirror's copy was pushed: name the stored one
+            from magdi_dist.storage import join
+
+            export = join(cfg.train.output_dir, "export")
+        print(f"trained to step {result.step}/{result.total_steps}; export {export}", flush=True)
         return 0
