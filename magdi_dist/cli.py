@@ -23,6 +23,7 @@ _INPUT_ERRORS = (("magdi_dist.config", "ConfigError"), ("magdi_dist.eval.errors"
                  ("magdi_dist.mag.errors", "MAGInputError"), ("magdi_dist.debate.store", "StateError"),
                  ("magdi_dist.model.shapes", "ShapeError"), ("magdi_dist.model.sources", "ModelSourceError"),
                  ("magdi_dist.train.checkpoint", "CheckpointMismatch"), ("magdi_dist.launch.lock", "RunLocked"),
+                 ("magdi_dist.train.checkpoint", "CheckpointSpaceError"), ("magdi_dist.train.loop", "TrainingDiverged"),
                  ("builtins", "FileNotFoundError"))
 
 
@@ -189,14 +190,21 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
     flags: dict | None = None,
 ) -> None:
-    """Evaluate an exported student on held-out questions (accuracy with 95% CI, cost, self-consistency)."""
+    """Evaluate an exported student on held-out questions (accuracy with 95% CI, cost, self-consistency),
+    never on its own training questions; here, on Ray actors, or through OpenAI-compatible servers
+    (--base-url). Exit 1 when a server left samples unanswered (run again: only they are asked)."""
     import json
 
     from magdi_dist.config import load_yaml_config
+    from magdi_dist.eval.errors import EvalIncomplete
     from magdi_dist.recipes.evaluate import evaluate as run_evaluation
 
     cfg = load_yaml_config(EvalConfig, config, list(overrides or []), kind="evaluation config", values=flags)
-    summary = run_evaluation(cfg)
+    try:
+        summary = run_evaluation(cfg)
+    except EvalIncomplete as err:  # samples no endpoint answered: logged, and the next run asks only them
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
     if as_json:
         typer.echo(json.dumps(summary, sort_keys=True))
     else:
@@ -316,6 +324,10 @@ def convert(
     typer.echo(f"wrote {len(result.mags)} MAGs to {out} ({len(result.rejected)} rejected)")
 
 
+_VERBOSE = ("Show Ray's, the workers' and the libraries' logs here, as they come (by default they go to a "
+            "log file in the output folder, and only the phases, their progress and the results show).")
+
+
 @app.command()
 def study(
     config: Path = typer.Option(..., "--config", help="Study YAML (sizes x variants over one training config)."),
@@ -323,6 +335,7 @@ def study(
     as_json: bool = typer.Option(False, "--json", help="Print the study summary as JSON."),
     storage: str | None = typer.Option(None, "--storage", envvar="MAGDI_STORAGE",
                                        help="Root for a relative output_dir (default: the working directory)."),
+    verbose: bool = typer.Option(False, "--verbose", help=_VERBOSE),
 ) -> None:
     """Run a scaling study: train, evaluate and register every cell; log the curve; crown the champion."""
     import json
@@ -330,15 +343,17 @@ def study(
     from magdi_dist.recipes.study import run_study
     from magdi_dist.study.config import load_study
     from magdi_dist.study.report import format_summary, mlflow_ui_command
+    from magdi_dist.study.terminal import study_terminal
 
     spec = load_study(config, overrides or [], storage)
-    summary = run_study(spec)
-    if as_json:
-        typer.echo(json.dumps(summary, default=str))
-    else:
-        typer.echo(format_summary(summary))
-        typer.echo(f"scaling plot: {summary['plot']}")
-        typer.echo(f"look at it:   {mlflow_ui_command(summary['tracking_uri'])}")
+    with study_terminal("magdi-dist study", Path(spec.output_dir) / "study.log", verbose=verbose) as term:
+        summary = run_study(spec, progress=term.progress)
+        if as_json:
+            term.print(json.dumps(summary, default=str))
+        else:
+            term.print(format_summary(summary))
+            term.print(f"scaling plot: {summary['plot']}")
+            term.print(f"look at it:   {mlflow_ui_command(summary['tracking_uri'])}")
     raise typer.Exit(0 if summary["status"] == "FINISHED" else 1)
 
 
@@ -348,6 +363,7 @@ def demo(
     quick: bool = typer.Option(False, help="CI-sized variant: two small students, a few steps."),
     lr_sweep: bool = typer.Option(False, "--lr-sweep", help="Sweep each size's learning rate (how the demo's "
                                   "rates were chosen; about 30 minutes on 2 cores)."),
+    verbose: bool = typer.Option(False, "--verbose", help=_VERBOSE),
 ) -> None:
     """The whole pipeline on SYNTHETIC data: preprocess with Ray, train 3 student sizes with DeepSpeed
     ZeRO-2 on 2 CPU ranks, log the study in MLflow, register the champion and ask it a question."""
@@ -356,17 +372,20 @@ def demo(
     from magdi_dist.recipes.study import run_study
     from magdi_dist.study.demo import ask_champion, load_demo
     from magdi_dist.study.report import format_summary, mlflow_ui_command
+    from magdi_dist.study.terminal import study_terminal
 
     started = time.perf_counter()
-    summary = run_study(load_demo(out, quick=quick, lr_sweep=lr_sweep))
-    typer.echo(format_summary(summary))
-    if summary["champion"]:
-        question, answer = ask_champion(summary)
-        typer.echo(f"champion {summary['champion']['uri']} (version {summary['champion']['version']})")
-        typer.echo(f"  Q: {question}\n  A: {answer}")
-    typer.echo(f"scaling plot: {summary['plot']}")
-    typer.echo(f"look at it:   {mlflow_ui_command(summary['tracking_uri'])}")
-    typer.echo(f"demo wall time: {time.perf_counter() - started:.0f} s")
+    study = load_demo(out, quick=quick, lr_sweep=lr_sweep)
+    with study_terminal("magdi-dist demo", out / "demo.log", verbose=verbose) as term:
+        summary = run_study(study, progress=term.progress)
+        term.print(format_summary(summary))
+        if summary["champion"]:
+            question, answer = ask_champion(summary)  # loading it logs too: inside the quiet block
+            term.print(f"champion {summary['champion']['uri']} (version {summary['champion']['version']})")
+            term.print(f"  Q: {question}\n  A: {answer}")
+        term.print(f"scaling plot: {summary['plot']}")
+        term.print(f"look at it:   {mlflow_ui_command(summary['tracking_uri'])}")
+        term.print(f"demo wall time: {time.perf_counter() - started:.0f} s")
     raise typer.Exit(0 if summary["status"] == "FINISHED" else 1)
 
 

@@ -5,6 +5,7 @@ processes."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -27,15 +28,26 @@ def _model_states(ckpt):
     return states
 
 
-@pytest.fixture()
-def stopped_run(tmp_path):
-    """A run stopped after step 4 with complete checkpoints at steps 2 and 4."""
-    out = tmp_path / "run"
-    cfg = write_config(tmp_path / "c.yaml", {**SMALL, "train": {**SMALL["train"], "save_every": 2,
-                                                                 "log_every": 1, "output_dir": str(out)}})
+@pytest.fixture(scope="module")
+def _stopped(tmp_path_factory):
+    """A run stopped after step 4 with complete checkpoints at steps 2 and 4 (trained once)."""
+    root = tmp_path_factory.mktemp("stopped")
+    out = root / "run"
+    cfg = write_config(root / "c.yaml", {**SMALL, "train": {**SMALL["train"], "save_every": 2,
+                                                             "log_every": 1, "output_dir": str(out)}})
     proc = _train(cfg, "train.stop_after=4")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [p.name for p in complete_checkpoints(out)] == ["step-000002", "step-000004"]
+    return out
+
+
+@pytest.fixture()
+def stopped_run(_stopped, tmp_path):
+    """A copy of that run for this test to damage, with a config that names the copy."""
+    out = tmp_path / "run"
+    shutil.copytree(_stopped, out)
+    cfg = write_config(tmp_path / "c.yaml", {**SMALL, "train": {**SMALL["train"], "save_every": 2,
+                                                                 "log_every": 1, "output_dir": str(out)}})
     return cfg, out
 
 
@@ -74,13 +86,61 @@ def test_no_intact_checkpoint_left_stops_with_exit_2(stopped_run):
     assert not (out / "export").exists()
 
 
+def _du(path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+@pytest.fixture()
+def tmpfs(tmp_path):
+    """A real small filesystem: a tmpfs mounted under the test's temp dir (needs root), unmounted after."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+
+    def mounted(size: int):
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        return mount
+
+    yield mounted
+    subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_is_named_and_leaves_no_partial_checkpoint(stopped_run, tmpfs, tmp_path):
+    cfg, out = stopped_run  # measured on a roomy disk: the shards and one checkpoint take this much
+    ckpt = _du(out / "checkpoints" / "step-000002")
+    rest = _du(out) - _du(out / "checkpoints")
+    # Room for everything but half a checkpoint: the first save runs out of space while writing.
+    disk = tmpfs(rest + ckpt // 2)
+    run = disk / "run"
+    proc = _train(cfg, f"train.output_dir={run}")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert f"no space left on {run / 'checkpoints'} while writing checkpoint step-000002" in proc.stderr
+    assert "the partial checkpoint was removed" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (run / "checkpoints" / "step-000002").exists() and complete_checkpoints(run) == []
+
+
+def test_a_save_that_cannot_fit_is_refused_before_writing(stopped_run, tmpfs):
+    cfg, out = stopped_run
+    ckpt = _du(out / "checkpoints" / "step-000002")
+    rest = _du(out) - _du(out / "checkpoints")
+    disk = tmpfs(rest + ckpt + ckpt // 2)  # one checkpoint fits, a second one does not
+    run = disk / "run"
+    proc = _train(cfg, f"train.output_dir={run}")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert f"no space left on {run / 'checkpoints'} for checkpoint step-000004: need ~" in proc.stderr
+    assert "(the size of step-000002)" in proc.stderr
+    assert [p.name for p in complete_checkpoints(run)] == ["step-000002"]  # intact, resumable
+
+
 def test_a_diverging_loss_stops_the_run_before_a_checkpoint_or_export(tmp_path):
     out = tmp_path / "run"
     cfg = write_config(tmp_path / "c.yaml", {**SMALL, "train": {**SMALL["train"], "save_every": 2, "lr": 1e30,
                                                                  "warmup_steps": 0, "output_dir": str(out)}})
     proc = _train(cfg)
-    assert proc.returncode != 0
-    assert "TrainingDiverged" in proc.stderr and "loss = nan" in proc.stderr.replace("inf", "nan")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "loss = nan" in proc.stderr.replace("inf", "nan") and "Traceback" not in proc.stderr
     assert not (out / "export").exists() and complete_checkpoints(out) == []
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["loss"] != last["loss"] or abs(last["loss"]) == float("inf")  # the diverged step is recorded

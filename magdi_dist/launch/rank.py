@@ -107,7 +107,14 @@ def main(argv: list[str] | None = None) -> int:
                 prepare_and_publish(spec, stored=cfg)
             barrier()
         spec = read_run(run_file)
-        result = run_rank(spec)
+        from magdi_dist.train.checkpoint import CheckpointSpaceError
+        from magdi_dist.train.loop import TrainingDiverged
+
+        try:
+            result = run_rank(spec)
+        except (CheckpointSpaceError, TrainingDiverged) as err:  # one line per rank, not a traceback each
+            print(f"error: rank {info.rank}: {err}", file=sys.stderr)
+            return 2
     if info.is_main:  # the line magdi-dist train prints for one rank (a stored run's export: in the store)
         stored = is_uri(spec.config.train.output_dir)
         export = join(spec.config.train.output_dir, "export") if result.export_dir and stored else result.export_dir

@@ -22,12 +22,15 @@ never change in place, the manifest and unit records do.
 from __future__ import annotations
 
 import contextlib
+import logging
+import time
 from pathlib import Path
 
 from magdi_dist.config import MAGDiConfig
 from magdi_dist.run_spec import RunSpec
 from magdi_dist.storage import is_uri, join, local_mirror
 
+log = logging.getLogger("magdi_dist.train")
 CHECKPOINTS = "checkpoints"
 SMALL = 1 << 20  # always re-sent: manifests, unit records, markers, trainer states
 
@@ -101,22 +104,30 @@ def node_turn(mirror: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def pull(stored: MAGDiConfig, *, shards: bool = True, checkpoints: bool = True) -> list[str]:
+def pull(stored: MAGDiConfig, *, shards: bool = True, checkpoints: bool = True) -> list[Path]:
     """Bring this node's mirror up to date with the store (what is missing or of another size)."""
     local = on_node(stored)
+    started = time.perf_counter()
     with node_turn(Path(local.train.output_dir)):
-        return _pull(stored, local, shards, checkpoints)
+        got = _pull(stored, local, shards, checkpoints)
+    if got:
+        size = sum(p.stat().st_size for p in got)
+        # print: this runs before the rank's logging is set up (train.loop)
+        print(f"[storage] pulled {len(got)} files ({size / 1e6:.1f} MB) from {stored.train.output_dir} in "
+              f"{time.perf_counter() - started:.1f}s", flush=True)
+    return got
 
 
-def _pull(stored: MAGDiConfig, local: MAGDiConfig, shards: bool, checkpoints: bool) -> list[str]:
+def _pull(stored: MAGDiConfig, local: MAGDiConfig, shards: bool, checkpoints: bool) -> list[Path]:
     from magdi_dist.storage import pull_tree
 
     out, uri = Path(local.train.output_dir), stored.train.output_dir
     got = []
     if checkpoints:
-        got += pull_tree(uri, out, only=(CHECKPOINTS + "/", "metrics.jsonl"), small=SMALL)
+        got += [out / rel for rel in pull_tree(uri, out, only=(CHECKPOINTS + "/", "metrics.jsonl"), small=SMALL)]
     if shards:
-        got += pull_tree(_shards_uri(stored), Path(_shards_dir(local)), small=SMALL)
+        shards_dir = Path(_shards_dir(local))
+        got += [shards_dir / rel for rel in pull_tree(_shards_uri(stored), shards_dir, small=SMALL)]
     return got
 
 
@@ -147,11 +158,15 @@ def checkpoint_pusher(stored_output_dir: str):
 
         rank = dist.get_rank() if dist.is_initialized() else 0
         target = join(stored_output_dir, CHECKPOINTS, path.name)
+        started = time.perf_counter()
         with node_turn(path.parent.parent):  # this node's files; a second rank here finds them sent
-            push_tree(path, target, skip=(MARKER,), small=SMALL)
+            sent = push_tree(path, target, skip=(MARKER,), small=SMALL)
         barrier()
         if rank == 0:
             push_tree(path, target, small=SMALL, last=(MARKER,))  # the marker last: now it is complete
+            size = sum((path / rel).stat().st_size for rel in sent)
+            log.info("checkpoint %s pushed to %s in %.1fs (rank 0's node: %d files, %.1f MB)", path.name, target,
+                     time.perf_counter() - started, len(sent), size / 1e6)
             kept = {p.name for p in path.parent.iterdir()}
             stored = {rel.split("/", 1)[0] for rel in list_files(join(stored_output_dir, CHECKPOINTS))}
             for gone in sorted(stored - kept):  # pruned here (train.keep_last_k): pruned in the store

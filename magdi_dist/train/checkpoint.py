@@ -123,18 +123,74 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class CheckpointSpaceError(RuntimeError):
+    """The disk a checkpoint goes to is too full for it."""
+
+
+GiB = 2**30
+
+
+def _size(ckpt: Path) -> int:
+    return sum(p.stat().st_size for p in ckpt.rglob("*") if p.is_file())
+
+
+def _any_rank(flag: bool) -> bool:
+    """True on every rank when it is True on one (every rank must stop at the same save, or the
+    others would wait for it in the next collective)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return flag
+    t = torch.tensor([int(flag)])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _disk_full(err: BaseException, root: Path) -> bool:
+    """Whether a failed save ran out of space. torch's C++ writer says only "basic_ios::clear:
+    iostream error", with no errno: then a disk with almost nothing left is the answer."""
+    import errno
+
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return True
+    return shutil.disk_usage(root).free < 1 << 20
+
+
 def save(engine, output_dir: str | Path, step: int, state: dict, rank: int, keep_last_k: int) -> Path:
-    """Save on all ranks (collective). ``state``: step, epoch, data_position, config_hash, world_size."""
+    """Save on all ranks (collective). ``state``: step, epoch, data_position, config_hash, world_size.
+
+    Before writing, the free space on each rank's disk is checked against the size the last complete
+    checkpoint took; a save that runs out of space anyway is removed and named as such
+    (CheckpointSpaceError), never left for a resume to find."""
     root = ckpt_root(output_dir)
     tag = step_tag(step)
     path = root / tag
+    root.mkdir(parents=True, exist_ok=True)
+    done = complete_checkpoints(output_dir)
+    need = _size(done[-1]) if done else 0
+    free = shutil.disk_usage(root).free
+    if _any_rank(need > free):
+        raise CheckpointSpaceError(
+            f"no space left on {root} for checkpoint {tag}: need ~{need / GiB:.3f} GiB (the size of "
+            f"{done[-1].name}), have {free / GiB:.3f} GiB on this disk; free some space or lower "
+            "train.keep_last_k, then resume (the last complete checkpoint is intact)")
     if rank == 0 and path.exists():
         shutil.rmtree(path)  # leftovers of a save that died before COMPLETE
     barrier()
-    engine.save_checkpoint(str(root), tag=tag, save_latest=False)
-    torch.save(_rng_state(), path / f"rng_state_rank{rank}.pt")
-    if rank == 0:
-        (path / STATE).write_text(json.dumps(state, indent=2))
+    try:
+        engine.save_checkpoint(str(root), tag=tag, save_latest=False)
+        torch.save(_rng_state(), path / f"rng_state_rank{rank}.pt")
+        if rank == 0:
+            (path / STATE).write_text(json.dumps(state, indent=2))
+    except (OSError, RuntimeError) as err:
+        if not _disk_full(err, root):
+            raise
+        shutil.rmtree(path, ignore_errors=True)
+        raise CheckpointSpaceError(
+            f"no space left on {root} while writing checkpoint {tag} ({type(err).__name__}: {err}); "
+            f"the partial checkpoint was removed; it needs ~{max(need, 1) / GiB:.3f} GiB"
+            f"{'' if need else ' or more (no earlier checkpoint to size it by)'}, the disk has "
+            f"{shutil.disk_usage(root).free / GiB:.3f} GiB free") from None
     barrier()  # every rank's DeepSpeed shards and RNG file are on disk
     if rank == 0:
         # The marker holds every file's size and hash: a resume proves the files are the ones written.
