@@ -108,6 +108,34 @@ def running_mlflow_server(root: str | os.PathLike, timeout_s: float = 180.0) -> 
         _stop(proc)
 
 
+@contextlib.contextmanager
+def serving_model(model_uri: str, tracking_uri: str, root: str | os.PathLike, timeout_s: float = 300.0
+                  ) -> Iterator[str]:
+    """``mlflow models serve -m MODEL_URI --env-manager local`` on a free 127.0.0.1 port; yield its URL.
+
+    The CLI resolves ``models:/`` URIs through ``MLFLOW_TRACKING_URI`` and runs the scoring server
+    (uvicorn) as its child, so it gets its own process group and is stopped by that group's id.
+    ``/health`` answers only once the model has loaded.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = {**{k: v for k, v in os.environ.items() if k not in MLFLOW_ENV_KEYS}, "MLFLOW_TRACKING_URI": tracking_uri}
+    # The CLI execs ``uvicorn`` by name: this interpreter's bin folder (the venv's) must be on PATH.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager", "local",
+           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]  # fmt: skip
+    log_path = root / "serve.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    atexit.register(_stop, proc)
+    try:
+        _wait_healthy(f"http://127.0.0.1:{port}", proc, log_path, timeout_s)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        _stop(proc)
+
+
 def _wait_healthy(url: str, proc: subprocess.Popen, log_path: Path, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -1,11 +1,14 @@
 """MLflow pyfunc wrapper of an exported student: questions in, greedy answers out.
 
 ``mlflow.pyfunc.load_model("models:/NAME@champion").predict(["question", ...])`` returns a list of
-strings (the generated continuation after the prompt). A DataFrame with a ``question`` column works
-too. Only the causal LM is used for answering; ``graph_encoder.safetensors`` rides along in the
-artifact so the registered version is the complete exported student.
+strings (the generated continuation after the prompt). ``predict``'s type hints (``list[str]`` in
+and out) are the model's signature: MLflow infers it from them at logging time and checks every input
+against them, so a one-column DataFrame (``question``) or a served ``{"inputs": [...]}`` arrives here
+as a list of strings. Only the causal LM is used for answering; ``graph_encoder.safetensors`` rides
+along in the artifact so the registered version is the complete exported student.
 
-Kept free of heavy imports at module level: MLflow unpickles this class in the serving process.
+Kept free of heavy imports at module level: the serving process imports this module through
+``student_code.py`` (the logged model code) before it loads anything else.
 """
 
 from __future__ import annotations
@@ -85,25 +88,6 @@ def _special_tokens(tokenizer) -> bool:
     return module.prompt_adds_special_tokens(tokenizer) if module is not None else True
 
 
-def _questions(model_input: Any) -> list[str]:
-    if isinstance(model_input, str):
-        return [model_input]
-    columns = getattr(model_input, "columns", None)
-    if columns is not None:  # pandas DataFrame
-        if "question" in columns:
-            return [str(q) for q in model_input["question"].tolist()]
-        if len(columns) == 1:  # MLflow turns a plain list into a one-column frame under a schema
-            return [str(q) for q in model_input.iloc[:, 0].tolist()]
-        raise ValueError(f"expected a 'question' column, got {list(columns)}")
-    if hasattr(model_input, "tolist"):  # numpy array / pandas Series
-        model_input = model_input.tolist()
-    if isinstance(model_input, dict) and "question" in model_input:
-        model_input = model_input["question"]
-        if isinstance(model_input, str):
-            return [model_input]
-    return [str(q) for q in model_input]
-
-
 class StudentModel(mlflow.pyfunc.PythonModel):
     """Loads the HF directory from ``context.artifacts['student']``; generates greedily."""
 
@@ -128,13 +112,14 @@ class StudentModel(mlflow.pyfunc.PythonModel):
         self.render_prompt = resolve_render_prompt()
         self.truncate = resolve_truncate()
 
-    def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list[str]:
+    # The hints are the signature (``list[str]`` -> one string column in, one out); MLflow wraps this
+    # method to convert and validate inputs against them, so there is no input parsing here.
+    def predict(self, context, model_input: list[str], params: dict[str, Any] | None = None) -> list[str]:
         import torch
 
         params = params or {}
         max_new_tokens = int(params.get("max_new_tokens") or self.max_new_tokens)
-        questions = _questions(model_input)
-        prompts = [self.render_prompt(self.tokenizer, q, None) for q in questions]
+        prompts = [self.render_prompt(self.tokenizer, q, None) for q in model_input]
         answers: list[str] = []
         for start in range(0, len(prompts), self.batch_size):
             chunk = prompts[start : start + self.batch_size]

@@ -5,8 +5,12 @@ graph encoder). Files are copied through an allowlist, so a DeepSpeed ZeRO check
 to sit in the same folder (``global_step*/``, ``*.pt``, ``latest``, ``zero_to_fp32.py``) can never be
 uploaded; the checkpoint location is recorded as a tag instead.
 
-The ``magdi_dist`` package itself goes along as ``code_paths``: the pickled ``StudentModel`` and the
-training prompt format then load in a serving environment that only has the pinned requirements.
+The model is logged from code (MLflow "models from code"): ``python_model`` is the path of
+``student_code.py``, which MLflow copies into the model and runs at load time, instead of a pickled
+object. The ``magdi_dist`` package goes along as ``code_paths``, so that file's import of
+``StudentModel`` and the training prompt format work in a serving environment that only has the
+pinned requirements. The signature comes from ``StudentModel.predict``'s type hints plus the input
+example (one question and the ``max_new_tokens`` param), which MLflow runs once at logging time.
 """
 
 from __future__ import annotations
@@ -23,10 +27,8 @@ from pathlib import Path
 
 import mlflow
 from mlflow.entities.model_registry import ModelVersion
-from mlflow.models import ModelSignature
-from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-from magdi_dist.track.pyfunc_student import ARTIFACT_KEY, DEFAULT_MAX_NEW_TOKENS, StudentModel
+from magdi_dist.track.pyfunc_student import ARTIFACT_KEY, DEFAULT_MAX_NEW_TOKENS
 from magdi_dist.track.store import client_for, use_tracking
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,10 @@ MODEL_ARTIFACT_NAME = "student"
 # Suffixes an exported HF student directory consists of; everything else is left behind.
 EXPORT_SUFFIXES = (".json", ".safetensors", ".txt", ".model", ".jinja")
 RUNTIME_PACKAGES = ("torch", "transformers", "safetensors", "tokenizers")
+MODEL_CODE = Path(__file__).with_name("student_code.py")
+# The logged input example's question; MLflow answers it once while logging (a smoke test of the
+# logged model) and ships it as the served model's example request.
+EXAMPLE_QUESTION = "Ava has 3 pens. Ava gets 4 more. How many pens does Ava have now?"
 
 TAG_STUDY = "study"
 TAG_CELL = "cell"
@@ -77,15 +83,11 @@ def stage_export(export_dir: str | os.PathLike, dest: str | os.PathLike) -> list
     return kept
 
 
-def _signature(max_new_tokens: int) -> ModelSignature:
-    # One *unnamed* string column: MLflow then accepts a plain list of questions, a single string,
-    # or a DataFrame with a ``question`` column (a named column would reject the plain list).
-    # The params schema is what lets predict(..., params={"max_new_tokens": n}) reach the model.
-    return ModelSignature(
-        inputs=Schema([ColSpec("string")]),
-        outputs=Schema([ColSpec("string")]),
-        params=ParamSchema([ParamSpec("max_new_tokens", "long", max_new_tokens)]),
-    )
+def input_example(max_new_tokens: int) -> tuple[list[str], dict[str, int]]:
+    """The logged ``(input, params)`` example. MLflow builds the signature from ``predict``'s type
+    hints (a string column in and out) and the params schema from this example: ``max_new_tokens``,
+    a long defaulting to the study's value, is what lets ``predict(..., params=...)`` reach the model."""
+    return [EXAMPLE_QUESTION], {"max_new_tokens": int(max_new_tokens)}
 
 
 def log_student(
@@ -141,11 +143,11 @@ def log_student(
         with run_ctx:
             info = mlflow.pyfunc.log_model(
                 name=MODEL_ARTIFACT_NAME,
-                python_model=StudentModel(),
+                python_model=str(MODEL_CODE),  # models from code: the file, not a pickle
                 artifacts={ARTIFACT_KEY: str(staged)},
                 code_paths=[str(package_dir)],
                 pip_requirements=pinned_requirements(),
-                signature=_signature(max_new_tokens),
+                input_example=input_example(max_new_tokens),
                 model_config={"max_new_tokens": int(max_new_tokens)},
                 tags={TAG_STUDY: study, TAG_CELL: cell},
             )
