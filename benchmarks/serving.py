@@ -30,7 +30,7 @@ from pathlib import Path
 # What an agent's extra_body must carry for transformers serve to sample (temperature, top_p, seed).
 SAMPLING_EXTRA_BODY = {"generation_config": json.dumps({"do_sample": True})}
 
-_ANSWERED = re.compile(r'"POST /v1/chat/completions HTTP/1\.1" 200')
+_ANSWERED = re.compile(r'"POST /v1/(?:chat/)?completions HTTP/1\.1" 200')  # chat and text completions
 
 
 def free_port() -> int:
@@ -51,7 +51,7 @@ class LocalServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def answered(self) -> int:
-        """Chat completions this server answered with 200 (its access log, written unbuffered)."""
+        """Completions (chat or text) this server answered with 200 (its access log, written unbuffered)."""
         return len(_ANSWERED.findall(self.log.read_text(errors="replace"))) if self.log.exists() else 0
 
     def stop(self, sig: int = signal.SIGTERM, grace: float = 15) -> None:

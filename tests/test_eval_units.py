@@ -265,7 +265,7 @@ def test_exclude_drops_every_question_a_training_discussion_holds(shared_data):
     """The shared GSM8K discussions are GSM8K test questions: excluding them leaves 1,010 of 1,319,
     and ``limit`` counts clean questions."""
     from magdi_dist.eval.questions import QuestionFileError, excluded_keys, load_questions
-    from magdi_dist.mag.split import question_key
+    from magdi_dist.mag.split import contamination_key
 
     test = shared_data / "benchmarks" / "gsm8k" / "test.jsonl"
     mags = sorted((shared_data / "mag" / "debate_du").glob("gsm*.json"))
@@ -274,7 +274,7 @@ def test_exclude_drops_every_question_a_training_discussion_holds(shared_data):
     clean, _ = load_questions(test, exclude=mags)
     seen = excluded_keys(mags)
     assert (len(everything), len(seen), len(clean)) == (1319, 309, 1010)
-    assert not {question_key(q.question) for q in clean} & seen
+    assert not {contamination_key(q.question) for q in clean} & seen
     first, _ = load_questions(test, exclude=mags, limit=25)
     assert [q.index for q in first] == [q.index for q in clean[:25]]
     with pytest.raises(QuestionFileError, match="no question text"):  # a pickle cannot be matched

@@ -127,19 +127,37 @@ def test_demo_quick_through_the_cli_then_rerun_skips(tmp_path):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "champion models:/magdi-demo-student@champion" in proc.stdout
     assert "mlflow ui --backend-store-uri sqlite:" in proc.stdout
+    # Quiet by default (study/terminal.py): the phases, their progress and the results fit a screen
+    # (hundreds of lines before); what was cut is in the log file the first line names.
+    printed = proc.stdout + proc.stderr
+    assert len(printed.splitlines()) <= 60, printed
+    log_file = out / "demo.log"
+    assert str(log_file) in proc.stderr.splitlines()[0]  # named first (progress on stderr, results on stdout)
+    logged = log_file.read_text()
+    for cut in ("Started a local Ray instance", "(RayTrainWorker pid=", "[launch] rank 0/2", "# resolved config",
+                "Created version '3' of model 'magdi-demo-student'"):
+        assert cut in logged and cut not in printed, cut
+    for i, cell in enumerate(QUICK_CELLS, 1):  # one line per finished phase, cell i of n
+        assert f"[{i}/3] {cell}  train    6/6 steps: loss " in proc.stderr
+        assert f"[{i}/3] {cell}  evaluate 8 questions, accuracy " in proc.stderr
+    assert "preprocess: processed 1 new input(s)" in proc.stderr
+    assert "CloudPickle" not in logged  # the student is logged from code (track/student_code.py)
     # Ray Train's placement-group cleaner needs the State API (the dashboard): without it, it warned
     # on every check (50 lines in this run, 426 in the full demo) -- preprocess/session.py
-    assert "Failed to query Ray Train Controller" not in proc.stdout + proc.stderr
+    assert "Failed to query Ray Train Controller" not in printed + logged
     summary = json.loads((out / "study_summary.json").read_text())
     assert Path(summary["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with mlflow_globals_restored():
         _check_study(summary, QUICK_CELLS, summary["tracking_uri"], "finished")
 
     again = subprocess.run([sys.executable, "-m", "magdi_dist.cli", "study", "--config",
-                            str(out / "demo_study.yaml"), "--json"], cwd=ROOT, capture_output=True, text=True,
-                           timeout=600)
+                            str(out / "demo_study.yaml"), "--json", "--verbose"], cwd=ROOT, capture_output=True,
+                           text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-4000:]
     rerun = json.loads(again.stdout.strip().splitlines()[-1])
+    # --verbose: Ray's own logs on the terminal again, and no log file.
+    assert "Started a local Ray instance" in again.stdout + again.stderr and not (out / "study.log").exists()
+    assert "[1/3] 1m-magdi-lr0.003  skipped" in again.stderr
     assert [c["status"] for c in rerun["cells"]] == ["skipped"] * len(QUICK_CELLS)
     assert rerun["parent_run_id"] == summary["parent_run_id"]
 

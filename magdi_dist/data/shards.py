@@ -34,6 +34,9 @@ from magdi_dist.config import sha256_file
 # 2: rows carry ``question_key``; the manifest records the split and the tokenizer.
 SHARD_SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
+# In an export: the manifest's ``training_questions`` (train/export.py writes it, eval/contamination.py
+# reads it), named here, below both.
+TRAINING_QUESTIONS = "training_questions.json"
 
 
 def manifest_path(path: str | Path) -> Path:

@@ -1,42 +1,30 @@
 """One turn = one chat completion, asked through the endpoint's gate with bounded retries.
 
-Retried: 429 (honouring Retry-After), 5xx, timeouts and connection errors, and bad replies -- a 200
-whose body is not JSON (an HTML error page, a truncated or runaway body), is not a chat completion
-(no choices, no message content, fields of the wrong type) or is larger than the readers accept --
-with exponential backoff and seeded jitter: a proxy or an overloaded server sends those for a while.
-Not retried: other 4xx (a bad model name or key does not heal by waiting). Either way the outcome is
-a record, never an exception: a turn with its text, usage, seed, attempts and timestamps, or a failure
-naming question, agent, round and the last error, which the driver persists so the next run asks again.
-
-The reply is parsed here rather than by the SDK, which hands back a JSONDecodeError, a bare string or
-an unvalidated object for such bodies, and its size is capped before it is read in full: a message
-longer than ``ReadLimits.max_text_chars`` would make a MAG the project's own readers refuse.
+The request itself -- gate, timeouts, retries with backoff, the reply read with a size cap and parsed
+without trusting it -- is magdi_dist.eval.endpoint's, shared with remote evaluation; this module makes
+a turn of it. The outcome is a record, never an exception: a turn with its text, usage, seed, attempts
+and timestamps, or a failure naming question, agent, round and the last error, which the driver
+persists so the next run asks again.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import random
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
 import openai
 
 from magdi_dist.debate.config import AgentSpec, EndpointLimits
-from magdi_dist.mag.readers import ReadLimits
-
-MAX_CONTENT_CHARS = ReadLimits().max_text_chars  # the readers' limit on one reasoning text, not a copy
-# A reply within that limit is at most 12 bytes a character (a non-BMP character escaped as a
-# \uXXXX\uXXXX pair), plus the envelope; anything longer cannot hold an acceptable message.
-MAX_REPLY_BYTES = 16 * MAX_CONTENT_CHARS
-MAX_FIELD_CHARS = 1000  # model, finish_reason: they go into every node's meta
-
-
-class BadReply(ValueError):
-    """A 200 reply that is not a usable chat completion; the message says what is wrong with it."""
+from magdi_dist.eval import endpoint
+from magdi_dist.eval.endpoint import (  # noqa: F401  (re-exported: the debate's names for them)
+    MAX_CONTENT_CHARS,
+    MAX_FIELD_CHARS,
+    MAX_REPLY_BYTES,
+    BadReply,
+    backoff_delay,
+    now_iso,
+    parse_reply,
+)
 
 
 @dataclass(frozen=True)
@@ -48,126 +36,8 @@ class TurnRequest:
     seed: int  # sent to the endpoint, and seeds this request's retry jitter
 
 
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
 def make_client(agent: AgentSpec, limits: EndpointLimits, api_key: str | None) -> openai.AsyncOpenAI:
-    # The SDK's own retries are off: ours pass the gate on every attempt and are recorded.
-    return openai.AsyncOpenAI(base_url=agent.base_url, api_key=api_key or "unused", max_retries=0,
-                              timeout=limits.timeout_s)
-
-
-def _retry_after(err: openai.APIStatusError) -> float | None:
-    value = err.response.headers.get("retry-after") if err.response is not None else None
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:  # an HTTP date: fall back to our own backoff
-        return None
-
-
-def _describe(err: Exception) -> str:
-    if isinstance(err, openai.APIStatusError):
-        return f"HTTP {err.status_code}: {str(err.message)[:300]}"
-    return f"{type(err).__name__}: {str(err)[:300]}"
-
-
-def backoff_delay(limits: EndpointLimits, retry: int, rng: random.Random, retry_after: float | None) -> float:
-    """Delay before retry number ``retry`` (0-based): Retry-After when the server gave one, else
-    initial * 2**retry with jitter in [50%, 100%] (so workers that failed together spread out)."""
-    if retry_after is not None:
-        return min(retry_after, limits.backoff_max_s)
-    return min(limits.backoff_initial_s * 2**retry, limits.backoff_max_s) * (0.5 + 0.5 * rng.random())
-
-
-async def _read_body(response, deadline_s: float) -> bytes:
-    """The body, refused once it passes MAX_REPLY_BYTES (the rest is never read)."""
-    declared = response.http_response.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_REPLY_BYTES:
-        raise BadReply(f"reply body is {declared} bytes, over the {MAX_REPLY_BYTES}-byte limit")
-
-    async def read() -> bytes:
-        chunks, size = [], 0
-        async for chunk in response.iter_bytes():
-            size += len(chunk)
-            if size > MAX_REPLY_BYTES:
-                raise BadReply(f"reply body is over the {MAX_REPLY_BYTES}-byte limit (stopped reading)")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    try:
-        # One deadline for the whole body: a server dripping bytes would otherwise hold its gate slot.
-        return await asyncio.wait_for(read(), deadline_s)
-    except BadReply:
-        raise
-    except asyncio.TimeoutError:
-        raise BadReply(f"reply body not received within {deadline_s} s") from None
-    except Exception as err:  # only the transport runs here: a connection cut or reset mid-body
-        raise BadReply(f"reading the reply body failed: {type(err).__name__}: {str(err)[:200]}") from None
-
-
-def _text(value, where: str, limit: int, *, required: bool = False) -> str | None:
-    if value is None:
-        if required:
-            raise BadReply(f"reply has no {where}")
-        return None
-    if not isinstance(value, str):
-        raise BadReply(f"reply field {where} is {type(value).__name__}, not a string")
-    if len(value) > limit:
-        raise BadReply(f"reply field {where} is {len(value)} characters, over the limit of {limit}"
-                       + (" (ReadLimits.max_text_chars, the readers' limit)" if limit == MAX_CONTENT_CHARS else ""))
-    try:
-        value.encode("utf-8")  # a lone surrogate (\ud800) parses but cannot be written to the log
-    except UnicodeEncodeError as err:
-        raise BadReply(f"reply field {where} is not valid Unicode ({err.reason} at char {err.start})") from None
-    return value
-
-
-def _tokens(usage: dict, key: str) -> int | None:
-    value = usage.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise BadReply(f"reply field usage.{key} is {value!r}, not a token count")
-    return value
-
-
-def parse_reply(body: bytes, content_type: str | None = None) -> dict:
-    """What a turn keeps of a chat completion body: content, finish_reason, usage and model."""
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError too
-        what = f"content-type {content_type}" if content_type else "no content-type"
-        raise BadReply(f"reply is not JSON ({what}, {len(body)} bytes): {type(err).__name__}: "
-                       f"{str(err)[:200]}") from None
-    if not isinstance(data, dict):
-        raise BadReply(f"reply is a JSON {type(data).__name__}, not a chat completion object")
-    choices = data.get("choices")
-    if not isinstance(choices, list) or not choices:
-        got = "missing" if choices is None else "an empty list" if choices == [] else f"a {type(choices).__name__}"
-        raise BadReply(f"reply field choices is {got}, not a non-empty list")
-    choice = choices[0]
-    message = choice.get("message") if isinstance(choice, dict) else None
-    if not isinstance(message, dict):
-        raise BadReply("reply has no message object at choices[0].message")
-    usage = data.get("usage")
-    if usage is not None and not isinstance(usage, dict):
-        raise BadReply(f"reply field usage is {type(usage).__name__}, not an object")
-    usage = usage or {}
-    return {
-        "content": _text(message.get("content"), "choices[0].message.content", MAX_CONTENT_CHARS, required=True),
-        "finish_reason": _text(choice.get("finish_reason"), "choices[0].finish_reason", MAX_FIELD_CHARS),
-        "usage": {"prompt_tokens": _tokens(usage, "prompt_tokens"),
-                  "completion_tokens": _tokens(usage, "completion_tokens")},
-        "model": _text(data.get("model"), "model", MAX_FIELD_CHARS),
-    }
-
-
-async def _complete(client: openai.AsyncOpenAI, kwargs: dict, deadline_s: float) -> dict:
-    """One attempt: the parsed reply, or APIStatusError / APIConnectionError / BadReply."""
-    async with client.chat.completions.with_streaming_response.create(**kwargs) as response:
-        body = await _read_body(response, deadline_s)
-        return parse_reply(body, response.http_response.headers.get("content-type"))
+    return endpoint.make_client(agent.base_url, limits, api_key)
 
 
 async def ask(
@@ -186,38 +56,16 @@ async def ask(
         kwargs["top_p"] = agent.top_p
     if agent.extra_body:
         kwargs["extra_body"] = agent.extra_body
-    rng = random.Random(request.seed)
     key = {"question_id": request.question_id, "agent": request.agent, "round": request.round}
-    started_at, errors = now_iso(), []
-    for attempt in range(limits.max_retries + 1):
-        retry_after = None
-        await acquire()
-        t0 = time.perf_counter()
-        try:
-            reply = await _complete(client, kwargs, limits.timeout_s)
-        except (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError) as err:
-            # APIConnectionError covers timeouts (APITimeoutError) and refused connections.
-            errors.append(_describe(err))
-            if isinstance(err, openai.RateLimitError):
-                retry_after = _retry_after(err)
-        except openai.APIStatusError as err:  # other 4xx: waiting will not help
-            errors.append(_describe(err))
-            return {"kind": "failure", **key, "error": errors[-1], "errors": errors, "attempts": attempt + 1,
-                    "endpoint": agent.base_url, "at": now_iso()}
-        except BadReply as err:
-            errors.append(f"bad reply: {err}")
-        else:
-            latency = time.perf_counter() - t0
-            return {
-                "kind": "turn", **key, "content": reply["content"], "finish_reason": reply["finish_reason"],
-                "usage": reply["usage"],
-                "seed": request.seed, "attempts": attempt + 1, "retried_errors": errors,
-                "endpoint": agent.base_url, "model": agent.model, "served_model": reply["model"],
-                "started_at": started_at, "finished_at": now_iso(), "latency_s": round(latency, 4),
-            }  # fmt: skip
-        finally:
-            await release()
-        if attempt < limits.max_retries:
-            await sleep(backoff_delay(limits, attempt, rng, retry_after))
-    return {"kind": "failure", **key, "error": errors[-1], "errors": errors, "attempts": limits.max_retries + 1,
-            "endpoint": agent.base_url, "at": now_iso()}
+    out = await endpoint.request(client, "chat", kwargs, limits, request.seed, acquire, release, sleep)
+    if not out["ok"]:
+        return {"kind": "failure", **key, "error": out["error"], "errors": out["errors"],
+                "attempts": out["attempts"], "endpoint": agent.base_url, "at": out["at"]}
+    reply = out["reply"]
+    return {
+        "kind": "turn", **key, "content": reply["content"], "finish_reason": reply["finish_reason"],
+        "usage": reply["usage"],
+        "seed": request.seed, "attempts": out["attempts"], "retried_errors": out["retried_errors"],
+        "endpoint": agent.base_url, "model": agent.model, "served_model": reply["model"],
+        "started_at": out["started_at"], "finished_at": out["finished_at"], "latency_s": out["latency_s"],
+    }  # fmt: skip

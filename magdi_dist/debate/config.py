@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from magdi_dist.config import ConfigError, durable_path, load_yaml_config, validate_config
 from magdi_dist.debate.prompts import default_templates, template_errors
+from magdi_dist.eval.config import EndpointLimits  # shared with remote evaluation (eval: the lower layer)
 from magdi_dist.mag.schema import TASK_FAMILIES
 
 
@@ -117,24 +118,6 @@ class QuestionsConfig(_Section):
     """Force the task family used for prompts and grading; None: the format's."""
     limit: int | None = Field(None, ge=1)
     """Only the first N questions (raising it later adds questions; done ones are kept)."""
-
-
-class EndpointLimits(_Section):
-    """How hard one endpoint (one base_url) may be pushed, over all Ray workers together."""
-
-    max_concurrency: int = Field(4, ge=1)
-    """Requests in flight at once."""
-    requests_per_second: float | None = Field(None, gt=0)
-    """Request starts per second; None: unlimited."""
-    timeout_s: float = Field(120.0, gt=0)
-    """Per-request timeout (connect and read)."""
-    max_retries: int = Field(5, ge=0)
-    """Retries after the first attempt on 429, 5xx, timeouts and connection errors."""
-    backoff_initial_s: float = Field(0.5, ge=0)
-    """First retry delay; doubles per retry (with seeded jitter), capped by backoff_max_s. A 429's
-    Retry-After, when given, is honoured instead (also capped)."""
-    backoff_max_s: float = Field(30.0, ge=0)
-    """Longest delay between two attempts."""
 
 
 class DebateConfig(_Section):

@@ -28,10 +28,10 @@ from magdi_dist.config import ConfigError
 from magdi_dist.debate.build import build_mag, question_sha, request_seed, turn_view
 from magdi_dist.debate.client import TurnRequest, ask, make_client
 from magdi_dist.debate.config import DebateConfig
-from magdi_dist.debate.limits import Gate
 from magdi_dist.debate.prompts import messages_for
 from magdi_dist.debate.store import StateError, TurnStore
 from magdi_dist.debate.summary import discussion_stats, run_stats
+from magdi_dist.eval.endpoint import Gate
 from magdi_dist.eval.questions import EvalQuestion, QuestionFileError, load_questions
 from magdi_dist.mag.readers import write_mags_jsonl
 

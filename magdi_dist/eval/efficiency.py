@@ -9,16 +9,9 @@ averages are still reported, over their own question sets, and ``matched`` says 
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from pathlib import Path
 
-
-def normalize_question(text: str) -> str:
-    """Case, Unicode form, punctuation and whitespace do not make a different question."""
-    text = unicodedata.normalize("NFKC", text).lower()
-    text = re.sub(r"[^\w\s]", " ", text)
-    return " ".join(text.split())
+from magdi_dist.mag.split import normalize_question  # the contamination key's normalisation, not a copy
 
 
 def teacher_tokens(mags, tokenizer) -> dict[str, list[int]]:

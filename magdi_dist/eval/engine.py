@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 from magdi_dist.eval.config import DecodeSettings
-from magdi_dist.eval.generate import generate, sample_seed
+from magdi_dist.eval.generate import Generation, generate, sample_seed
 from magdi_dist.eval.loader import StudentDirs, load_student, resolve
 from magdi_dist.eval.questions import EvalQuestion
 from magdi_dist.mag.answers import extract_answer, is_correct, majority_vote
@@ -45,27 +45,27 @@ class Engine:
         )
         # Questions of a batch finish together: each is charged an equal share of the batch's time.
         latency = (time.perf_counter() - start) / len(questions)
-        records = []
-        for i, q in enumerate(questions):
-            mine = gens[i * s.k : (i + 1) * s.k]
-            answers = [extract_answer(g.text) for g in mine]
-            vote = majority_vote(q.task, answers, q.options)
-            records.append(
-                {
-                    "index": q.index,
-                    "id": q.id,
-                    "task": q.task,
-                    "question": q.question,
-                    "options": q.options,
-                    "gold": q.gold,
-                    "samples": [g.text for g in mine],
-                    "answers": answers,
-                    "sample_tokens": [g.tokens for g in mine],
-                    "vote": vote.answer,
-                    "vote_count": vote.count,
-                    "correct": is_correct(q.task, vote.answer, q.gold, q.options),
-                    "generated_tokens": sum(g.tokens for g in mine),
-                    "latency_s": latency,
-                }
-            )
-        return records
+        return [question_record(q, gens[i * s.k : (i + 1) * s.k], latency) for i, q in enumerate(questions)]
+
+
+def question_record(q: EvalQuestion, samples: list[Generation], latency_s: float) -> dict:
+    """One line of predictions.jsonl: the question, its samples read and voted, graded (local and
+    remote generation alike)."""
+    answers = [extract_answer(g.text) for g in samples]
+    vote = majority_vote(q.task, answers, q.options)
+    return {
+        "index": q.index,
+        "id": q.id,
+        "task": q.task,
+        "question": q.question,
+        "options": q.options,
+        "gold": q.gold,
+        "samples": [g.text for g in samples],
+        "answers": answers,
+        "sample_tokens": [g.tokens for g in samples],
+        "vote": vote.answer,
+        "vote_count": vote.count,
+        "correct": is_correct(q.task, vote.answer, q.gold, q.options),
+        "generated_tokens": sum(g.tokens for g in samples),
+        "latency_s": latency_s,
+    }

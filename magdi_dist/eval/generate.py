@@ -75,6 +75,23 @@ class Generation:
     tokens: int  # generated tokens before the end-of-sequence token (what the answer costs)
 
 
+def kept(tokenizer, ids: list[int], stopped: int | None) -> Generation:
+    """What a sample keeps of its generated tokens ``ids`` (up to, not including, eos): the first
+    ``stopped`` of them when the answer ended there (StopAtAnswer, ``answer_stop``), its text cut at
+    the answer's end. Local and remote generation both end here."""
+    n = min(len(ids), stopped) if stopped is not None else len(ids)
+    return Generation(truncate_answer(tokenizer.decode(ids[:n], skip_special_tokens=True)), n)
+
+
+def answer_stop(tokenizer, ids: list[int]) -> int | None:
+    """StopAtAnswer's rule on a finished sequence: the first token count at which the decoded text
+    holds the end of an answer (None: it never does). For text that came back from a server."""
+    for t in range(1, len(ids) + 1):
+        if answer_end(tokenizer.decode(ids[:t], skip_special_tokens=True)) is not None:
+            return t
+    return None
+
+
 def prompt_ids(tokenizer, prompt: str) -> list[int]:
     """The prompt's token ids exactly as training has them: data/encode.py's ``encode_chain`` with an
     empty target yields prompt ids + eos, so dropping that eos leaves the training prompt (bos and
@@ -128,6 +145,5 @@ def generate(
     results = []
     for row, stopped in zip(new.tolist(), stop.stopped_at, strict=True):
         n = next((i for i, t in enumerate(row) if t in eos_ids), len(row))
-        n = min(n, stopped) if stopped is not None else n
-        results.append(Generation(truncate_answer(tokenizer.decode(row[:n], skip_special_tokens=True)), n))
+        results.append(kept(tokenizer, row[:n], stopped))
     return results

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from magdi_dist.eval.errors import EvalInputError
 from magdi_dist.mag.answers import GoldAnswerError, check_gold
-from magdi_dist.mag.split import question_key
+from magdi_dist.mag.split import contamination_key
 
 BENCHMARK_FORMATS = ("gsm8k", "strategyqa", "ecqa", "arc", "aqua")
 FORMATS = (*BENCHMARK_FORMATS, "mag")
@@ -196,16 +196,16 @@ def load_questions(
     questions = _from_mags(path, task, cut) if fmt == "mag" else _benchmark(path, fmt, task, cut)
     if exclude:
         seen = excluded_keys(exclude)
-        questions = [q for q in questions if question_key(q.question) not in seen][:limit]
+        questions = [q for q in questions if contamination_key(q.question) not in seen][:limit]
     if not questions:
         raise QuestionFileError(f"{path}: no questions to evaluate")
     return questions, fmt
 
 
 def excluded_keys(paths: Sequence[str | Path]) -> set[str]:
-    """The question keys (``mag.split.question_key``, the key of the training split: whitespace-
-    normalised text) of every question in these MAG files. Every record must be readable and carry its
-    question text: one that cannot be read could still be a question a student trained on."""
+    """The contamination keys (``mag.split.contamination_key``: case, punctuation and whitespace do not
+    count) of every question in these MAG files. Every record must be readable and carry its question
+    text: one that cannot be read could still be a question a student trained on."""
     from magdi_dist.mag.readers import read_mags
 
     keys: set[str] = set()
@@ -222,5 +222,5 @@ def excluded_keys(paths: Sequence[str | Path]) -> set[str]:
         if textless:
             raise QuestionFileError(f"{p}: MAG {textless[0]} (and {len(textless) - 1} more) has no "
                                     "question text, so it cannot be matched against the benchmark")
-        keys |= {question_key(m.question) for m in result.mags}
+        keys |= {contamination_key(m.question) for m in result.mags}
     return keys

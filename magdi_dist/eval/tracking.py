@@ -16,6 +16,8 @@ METRIC_KEYS = (
     "tokens_per_sample",
     "latency_s_per_question",
     "n",
+    "contamination_excluded",  # the data's questions the student was trained on, dropped
+    "contaminated",  # ... evaluated anyway (allow_contaminated)
 )
 EFFICIENCY_KEYS = ("teacher_tokens_per_question", "teacher_to_student_ratio", "matched")
 

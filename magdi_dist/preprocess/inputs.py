@@ -13,7 +13,8 @@ from typing import Any
 
 # Bump when the row-building logic changes in a way the other fingerprints cannot see.
 # 2: rows carry question_key, unit records their question keys.
-PIPELINE_VERSION = 2
+# 3: unit records map each question key to its contamination key (the manifest's training_questions).
+PIPELINE_VERSION = 3
 
 
 # What shapes a shard's bytes, besides the tokenizer and model (``config.PreprocessConfig``'s content

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from magdi_dist.data.shards import MANIFEST, SHARD_SCHEMA_VERSION, load_manifest, manifest_path, verify_manifest
-from magdi_dist.mag.split import split_summary
+from magdi_dist.mag.split import split_summary, training_questions
 from magdi_dist.preprocess.shard_io import atomic_write_json
 
 __all__ = ["MANIFEST", "SHARD_SCHEMA_VERSION", "build_manifest", "load_manifest", "load_unit_record",
@@ -83,6 +83,9 @@ def unit_record(key: str, name: str, sha256: str, summaries: list[dict]) -> dict
         "rejects_file": f"{REJECTS}/{rejects_name(key)}" if first["n_rejected"] else None,
         "cleaning": first["cleaning"],  # chains seen, changed, characters removed (the whole input)
         "questions": sorted({q for s in summaries for q in s["questions"]}),
+        # split key -> contamination key, for the manifest's training_questions
+        "contamination": dict(sorted({q: c for s in summaries
+                                      for q, c in zip(s["questions"], s["contamination"], strict=True)}.items())),
         "shards": [{k: s[k] for k in ("name", "rows", "bytes", "sha256")} for s in summaries],
     }
 
@@ -95,6 +98,7 @@ def build_manifest(header: dict[str, Any], inputs: list[tuple[str, dict]], *, ou
     for path, record in inputs:
         entry = {"path": relative_to(path, out_dir), **record}
         entry["questions"] = len(record["questions"])  # the keys themselves stay in units/
+        del entry["contamination"]
         entries.append(entry)
     shards = [
         {**shard, "file": f"{SHARDS}/{shard['name']}", "input": relative_to(path, out_dir)}
@@ -114,9 +118,12 @@ def build_manifest(header: dict[str, Any], inputs: list[tuple[str, dict]], *, ou
     # Nothing is dropped silently: every record read is a MAG or a reject.
     assert totals["records_in"] == totals["mags"] + totals["rejected"], totals
     keys = [q for _, record in inputs for q in record["questions"]]
+    contamination = {q: c for _, record in inputs for q, c in record["contamination"].items()}
     return {"shard_schema_version": SHARD_SCHEMA_VERSION, **header,
             "tokenizer": relative_to(tokenizer, out_dir),
             "split": split_summary(keys, split["eval_fraction"], split["seed"]),
+            # What an export copies, so evaluation drops its training questions (mag.split).
+            "training_questions": training_questions(contamination, split["eval_fraction"], split["seed"]),
             "inputs": entries, "shards": shards, "totals": totals}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -69,9 +70,9 @@ def detect_device(settings: dict[str, Any]) -> str:
     """'cuda' when feature actors get a GPU. Connected to a cluster, its GPUs decide, not the driver's."""
     if settings["num_gpus"] is not None:
         return "cuda" if settings["num_gpus"] > 0 else "cpu"
-    import ray
-
-    if ray.is_initialized():
+    # Never imported: not connected. The local engine runs where Ray is not installed (a bare GPU box).
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
         return "cuda" if ray.cluster_resources().get("GPU", 0) >= 1 else "cpu"
     import torch
 
@@ -185,8 +186,6 @@ def run_preprocess(
 
 def _run(settings: dict[str, Any], spec: FeatureSpec, split: dict[str, Any], engine: str, stack: ExitStack,
          log: Log):
-    import ray
-
     start = time.perf_counter()
     out_dir = Path(settings["out_dir"])
     device = detect_device(settings)
@@ -208,10 +207,13 @@ def _run(settings: dict[str, Any], spec: FeatureSpec, split: dict[str, Any], eng
         log(f"preprocess: {len(pending)} of {len(inputs)} input(s) need work "
             f"(engine={engine}, device={device}, fingerprint {head['fingerprint'][:12]})")
         remove_stale_tmp(out_dir)
-        if engine == "ray" and not ray.is_initialized():
-            # Room for the actor pool plus the parse tasks, or the tasks would wait behind the actors.
-            cpus = max(os.cpu_count() or 1, math.ceil(settings["concurrency"] * settings["actor_num_cpus"]) + 1)
-            stack.enter_context(ray_session(num_cpus=cpus))
+        if engine == "ray":
+            import ray  # only this engine needs Ray: the local one runs where it is not installed
+
+            if not ray.is_initialized():
+                # Room for the actor pool plus the parse tasks, or the tasks would wait behind the actors.
+                cpus = max(os.cpu_count() or 1, math.ceil(settings["concurrency"] * settings["actor_num_cpus"]) + 1)
+                stack.enter_context(ray_session(num_cpus=cpus))
         got: dict[str, list[dict]] = defaultdict(list)
         for summary in ENGINES[engine](list(pending.values()), settings, spec, device):
             key = summary["unit"]

@@ -50,6 +50,7 @@ SUMMARY_SCHEMA = pa.schema(
         ("bytes", pa.int64()),
         ("sha256", pa.string()),
         ("questions", pa.list_(pa.string())),
+        ("contamination", pa.list_(pa.string())),  # contamination key of questions[i], aligned
         ("cleaning", pa.struct([("chains", pa.int64()), ("changed", pa.int64()), ("chars_removed", pa.int64())])),
     ]
 )
@@ -70,7 +71,7 @@ def parse_unit(unit: dict[str, Any], *, settings: dict[str, Any]) -> list[dict[s
     plus the reader's ``format`` and ``task``."""
     from magdi_dist.mag.clean import CleanStats, clean_mag
     from magdi_dist.mag.readers import iter_items
-    from magdi_dist.mag.split import question_key
+    from magdi_dist.mag.split import contamination_key, question_key
 
     per_shard = settings["records_per_shard"]
     out_dir, name, key = Path(unit["out_dir"]), unit["name"], unit["unit"]
@@ -101,6 +102,8 @@ def parse_unit(unit: dict[str, Any], *, settings: dict[str, Any]) -> list[dict[s
         shard = shard_name(key, c)
         existing = (out_dir / SHARDS / shard).is_file()
         chunk = mags[c * per_shard : (c + 1) * per_shard]
+        # One text gives one split key and one contamination key: sorting the pairs keeps them aligned.
+        keys = sorted({(question_key(m.question), contamination_key(m.question)) for m in chunk})
         rows.append({
             "unit": key,
             "out_dir": str(out_dir),
@@ -112,7 +115,8 @@ def parse_unit(unit: dict[str, Any], *, settings: dict[str, Any]) -> list[dict[s
             "n_rejected": len(rejects),
             "existing": existing,
             # The split is over every question, including those whose MAGs give no row.
-            "questions": sorted({question_key(m.question) for m in chunk}),
+            "questions": [k for k, _ in keys],
+            "contamination": [c for _, c in keys],
             "cleaning": cleaning.as_dict(),
             "mags": [] if existing else [m.model_dump_json() for m in chunk],
         })
@@ -154,7 +158,7 @@ class ShardBuilder:
             summary = write_shard(path, sort_rows(rows), self.settings["row_group_rows"],
                                   node_ids=self.node_ids)
         keep = ("unit", "chunk", "n_chunks", "records_in", "n_mags", "n_rejected", "existing", "questions",
-                "cleaning")
+                "contamination", "cleaning")
         return {**{k: row[k] for k in keep}, **summary}
 
     def __call__(self, batch: pa.Table) -> pa.Table:

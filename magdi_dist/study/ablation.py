@@ -6,6 +6,8 @@ same questions (paired: the difference of accuracies with its 95% interval and M
 
 prints the Markdown tables of docs/results.md and draws the plot. Everything is recomputed from the
 study's files (``study_summary.json``, each cell's ``eval/predictions.jsonl`` and ``metrics.jsonl``).
+A study of several sizes or seeds is compared size by size instead (``study.paired``: two variants,
+paired per question and per seed; ``--compare A B``, default the pair the study compared).
 """
 
 from __future__ import annotations
@@ -125,9 +127,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cell", nargs=2, action="append", metavar=("VARIANT", "DIR"), default=[],
                         help="a cell folder to report instead of a study summary (repeatable)")
     parser.add_argument("--plot", help="write the plot (PNG) here")
+    parser.add_argument("--compare", nargs=2, metavar=("A", "B"), help="the two variants compared per size")
     args = parser.parse_args(argv)
     if args.summary:
         summary = json.loads(Path(args.summary).read_text())
+        cells = [c for c in summary["cells"] if c["status"] != "failed"]
+        pair = args.compare or [(summary.get("paired") or {}).get(k) for k in ("a", "b")]
+        if len({c["size"] for c in cells}) > 1 or any(c.get("seed") is not None for c in cells):
+            from magdi_dist.study.paired import compare_cells
+            from magdi_dist.study.paired import markdown as paired_markdown
+
+            if None in pair:
+                parser.error("a study of several sizes or seeds is compared per size: name the pair, --compare A B")
+            print(paired_markdown(compare_cells(cells, *pair)))
+            return
         rows, title = ablation_rows(summary), f"{summary['study']}: MAGDi ablation"
     else:
         rows, title = [cell_row(variant, folder) for variant, folder in args.cell], "MAGDi ablation"

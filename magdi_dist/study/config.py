@@ -1,9 +1,11 @@
-"""A scaling study: one training config, students of several sizes x objective variants.
+"""A scaling study: one training config, students of several sizes x objective variants (x seeds).
 
 Every cell is the base training config plus the study's shared overrides, the size's overrides and
 the variant's overrides (dotted keys, applied in that order), trained into
-``output_dir/cells/<size>-<variant>``. The file names its data and training settings once, so every
-cell sees the same MAGs and the comparison is about the student alone.
+``output_dir/cells/<size>-<variant>`` (``-lr<lr>`` in an lr sweep, ``-s<seed>`` with ``seeds``). The
+file names its data and training settings once, so every cell sees the same MAGs and the comparison is
+about the student alone. ``seeds`` varies ``train.seed`` only (data order, dropout): the shards, the
+split (``data.split_seed``), the initial weights and the held-out questions are the same for every seed.
 """
 
 from __future__ import annotations
@@ -40,13 +42,16 @@ class Axis(_Section):
 
 
 class Cell(NamedTuple):
-    """One training run of a study: a size, a variant and, in an lr sweep, its learning rate."""
+    """One training run of a study: a size, a variant and, in an lr sweep, its learning rate; with
+    ``seeds``, its training seed."""
 
     name: str
     size: Axis
     variant: Axis
     lr: float | None = None
     """The swept ``train.lr``; None: the config's own."""
+    seed: int | None = None
+    """The cell's ``train.seed``; None: the config's own (a study without ``seeds``)."""
 
 
 class StudyEval(EvalSettings):
@@ -80,7 +85,16 @@ class StudyConfig(_Section):
     """Objective variants, e.g. ntp-only ``{model.margin_weight: 0, model.node_weight: 0}``."""
     lr_grid: list[float] | None = None
     """Learning rates every size sweeps (a size's own ``lr_grid`` wins): each (size, variant, lr) is a
-    child run tagged with its sweep; the scaling curve takes each size's best by ``eval_ntp_loss``."""
+    child run tagged with its sweep; the scaling curve takes each size's best by ``eval_ntp_loss``
+    (with ``seeds``: by its mean over seeds)."""
+    seeds: list[int] | None = None
+    """Training seeds (``train.seed``: data order, dropout), one cell each, named ``...-s<seed>``; the
+    curve fits each (size, variant)'s mean over seeds. None: one cell with the config's seed, named
+    without a suffix (the names, and so the MLflow cells, of a study written before seeds existed)."""
+    compare: list[str] | None = Field(None, min_length=2, max_length=2)
+    """Two variants ``[a, b]`` compared per size in the report: accuracy a - b paired per question,
+    held-out NTP loss a - b paired per seed, and the slope of the gap vs log10(params). None: the first
+    two variants, when there are two or more."""
     model_name: str
     """Registered model name in the MLflow model registry."""
     champion_metric: str = "eval_accuracy"
@@ -120,6 +134,29 @@ class StudyConfig(_Section):
             raise ValueError(f"duplicate names {sorted(dup)}")
         return axes
 
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int] | None) -> list[int] | None:
+        if seeds is not None and (not seeds or len(set(seeds)) != len(seeds)):
+            raise ValueError(f"seeds must be a non-empty list of distinct integers, got {seeds}")
+        return seeds
+
+    @model_validator(mode="after")
+    def _compared_variants(self) -> StudyConfig:
+        names = [v.name for v in self.variants]
+        if self.compare is not None:
+            unknown = [c for c in self.compare if c not in names]
+            if unknown or self.compare[0] == self.compare[1]:
+                raise ValueError(f"compare names two different variants of {names}, got {self.compare}")
+        return self
+
+    @property
+    def compared(self) -> tuple[str, str] | None:
+        """The (a, b) variants of the paired comparison, or None."""
+        if self.compare is not None:
+            return self.compare[0], self.compare[1]
+        return (self.variants[0].name, self.variants[1].name) if len(self.variants) >= 2 else None
+
     @model_validator(mode="after")
     def _grids_on_sizes(self) -> StudyConfig:
         if any(v.lr_grid for v in self.variants):
@@ -141,8 +178,10 @@ class StudyConfig(_Section):
             grid = s.lr_grid or self.lr_grid or [None]
             for v in self.variants:
                 for lr in grid:
-                    name = f"{s.name}-{v.name}" + (f"-lr{lr:g}" if lr is not None else "")
-                    cells.append(Cell(name, s, v, lr))
+                    for seed in self.seeds or [None]:
+                        name = (f"{s.name}-{v.name}" + (f"-lr{lr:g}" if lr is not None else "")
+                                + (f"-s{seed}" if seed is not None else ""))
+                        cells.append(Cell(name, s, v, lr, seed))
         return cells
 
     def cell_config(self, cell: Cell) -> MAGDiConfig:
@@ -151,6 +190,8 @@ class StudyConfig(_Section):
         items = {**self.overrides, **size.overrides, **variant.overrides}
         if cell.lr is not None:
             items["train.lr"] = cell.lr
+        if cell.seed is not None:  # the training seed only: shards and held-out split stay the study's
+            items["train.seed"] = cell.seed
         items["train.output_dir"] = str(Path(self.output_dir) / "cells" / cell.name)
         overrides = [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
                      for key, value in items.items()]

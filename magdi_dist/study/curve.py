@@ -6,9 +6,11 @@ Rows are mappings with ``cell``, ``variant`` (objective variant, e.g. ``magdi`` 
 that means the same thing in every cell (the total MAGDi loss adds node and margin terms whose size
 depends on the objective and on each size's own frozen features). The fit is
 ``loss = a * x^(-b)`` (optionally ``+ c``, an irreducible loss) per variant, with ``x`` the parameter
-count or the training FLOPs. Everything returned is JSON-serialisable; inputs that cannot be fit
-(one point, non-positive values, identical sizes) yield ``{"ok": false, "message": ...}`` rather
-than an exception, because a study with one finished cell should still produce its summary.
+count or the training FLOPs. A study with seeds fits each (size, variant)'s mean over its seeds
+(:func:`seed_means`), and the plot shows the seeds' spread. Everything returned is JSON-serialisable;
+inputs that cannot be fit (one point, non-positive values, identical sizes) yield
+``{"ok": false, "message": ...}`` rather than an exception, because a study with one finished cell
+should still produce its summary.
 """
 
 from __future__ import annotations
@@ -123,6 +125,30 @@ def fit_power_law(x: Sequence[Any], y: Sequence[Any], *, offset: bool = False) -
     return result
 
 
+SEED_COLUMNS = ("params", "flops", LOSS, "eval_loss", "accuracy")
+
+
+def seed_means(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (size, variant, lr): each of ``SEED_COLUMNS`` as the mean over the seeds that have it,
+    with its sample sd (``<column>_sd``, n - 1 in the denominator; None with one seed) and the seeds it
+    came from. The curve's points: the mean removes the seed-to-seed noise from the fit, the sd shows it."""
+    groups: dict[tuple, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row.get("size"), row.get("variant"), row.get("lr")), []).append(row)
+    out = []
+    for (size, variant, lr), group in groups.items():
+        name = f"{size}-{variant}" + (f"-lr{lr:g}" if lr is not None else "")
+        mean: dict[str, Any] = {"cell": name, "size": size, "variant": variant, "lr": lr,
+                                "seeds": [r.get("seed") for r in group], "cells": [r.get("cell") for r in group]}
+        for col in SEED_COLUMNS:
+            values = [v for v in (_number(r.get(col)) for r in group) if v is not None]
+            mean[col] = float(np.mean(values)) if values else None
+            mean[f"{col}_sd"] = float(np.std(values, ddof=1)) if len(values) > 1 else None
+            mean[f"{col}_n"] = len(values)
+        out.append(mean)
+    return out
+
+
 def _by_variant(rows: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
     groups: dict[str, list[Mapping[str, Any]]] = {}
     for row in rows:
@@ -156,13 +182,15 @@ def plot_scaling(
     fits: Mapping[str, Any] | None = None,
     title: str = "scaling study",
     sweep: Iterable[Mapping[str, Any]] | None = None,
+    seeds: Iterable[Mapping[str, Any]] | None = None,
 ) -> Path:
     """2x2 PNG: held-out NTP loss and accuracy vs parameters and vs FLOPs (log x), one line per variant.
 
     Fitted curves from ``fits`` (the output of :func:`fit_scaling`) are drawn dashed on the loss
     panels. ``sweep``: every cell of an lr sweep, drawn as small crosses behind the curve, whose points
-    (``rows``, each size's best lr) are labelled with their lr. Uses a bare ``Figure`` (Agg canvas),
-    never pyplot: no global backend, no GUI, thread-safe.
+    (``rows``, each size's best lr) are labelled with their lr. ``seeds``: the per-seed cells behind
+    ``rows`` that are seed means (:func:`seed_means`), drawn as dots, the means with +-1 sd bars.
+    Uses a bare ``Figure`` (Agg canvas), never pyplot: no global backend, no GUI, thread-safe.
     """
     from matplotlib.figure import Figure
     from matplotlib.ticker import NullFormatter
@@ -173,6 +201,7 @@ def plot_scaling(
     axes = fig.subplots(2, 2)
     colors = [f"C{i}" for i in range(10)]
     swept = _by_variant(sweep or [])
+    seeded = _by_variant(seeds or [])
     for ax, (metric, xkey) in zip(axes.flat, PANELS, strict=True):
         drawn = False
         for i, (variant, group) in enumerate(sorted(swept.items())):
@@ -181,6 +210,12 @@ def plot_scaling(
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], "x", color=colors[i % len(colors)], alpha=0.35,
                         label=f"{variant} lr sweep")
+        for i, (variant, group) in enumerate(sorted(seeded.items())):
+            pts = [(_number(r.get(xkey)), _number(r.get(metric))) for r in group]
+            pts = [(x, y) for x, y in pts if x is not None and y is not None and x > 0]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], ".", color=colors[i % len(colors)], alpha=0.4,
+                        label=f"{variant} seeds")
         for i, (variant, group) in enumerate(sorted(groups.items())):
             pts = sorted(
                 (x, y)
@@ -192,6 +227,12 @@ def plot_scaling(
             color = colors[i % len(colors)]
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=color, label=variant)
             drawn = True
+            bars = [(x, y, _number(r.get(f"{metric}_sd"))) for r in group
+                    for x, y in [(_number(r.get(xkey)), _number(r.get(metric)))]
+                    if x is not None and y is not None and x > 0]
+            if any(sd is not None for *_, sd in bars):  # seed means: +-1 sd over the seeds
+                ax.errorbar([b[0] for b in bars], [b[1] for b in bars], yerr=[b[2] or 0.0 for b in bars], fmt="none",
+                            ecolor=color, capsize=3, alpha=0.8)
             if sweep:  # say which lr each curve point is
                 for r in group:
                     x, y = _number(r.get(xkey)), _number(r.get(metric))

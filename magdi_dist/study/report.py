@@ -1,12 +1,35 @@
-"""The human end of a study: a table of cells, where the plot is, how to look at it in MLflow."""
+"""The human end of a study: a table of cells, each size's mean +- sd over its seeds, the paired
+comparison of two variants (study.paired), where the plot is, how to look at it in MLflow."""
 
 from __future__ import annotations
 
 from io import StringIO
 
+LOSS = "eval_ntp_loss"  # the curve's metric (study.curve.LOSS), named here without importing numpy
+
 
 def _num(value, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
+
+
+def _mean_sd(row: dict, key: str, fmt: str, scale: float = 1.0) -> str:
+    if row.get(key) is None:
+        return "-"
+    sd = row.get(f"{key}_sd")
+    return format(scale * row[key], fmt) + ("" if sd is None else f" ± {format(scale * sd, fmt)}")
+
+
+def _seed_table(rows: list[dict]):
+    from rich.table import Table
+
+    table = Table(title="mean ± sd over seeds (sample sd; the curve fits the means)")
+    for col in ("size", "variant", "lr", "seeds", "params", "held-out NTP loss", "accuracy %"):
+        table.add_column(col, justify="left" if col in ("size", "variant") else "right")
+    for r in rows:
+        table.add_row(str(r["size"]), str(r["variant"]), "-" if r.get("lr") is None else f"{r['lr']:g}",
+                      str(len(r.get("seeds") or [])), _num(r.get("params"), ",.0f"),
+                      _mean_sd(r, LOSS, ".4f"), _mean_sd(r, "accuracy", ".1f", 100.0))
+    return table
 
 
 def format_summary(summary: dict) -> str:
@@ -31,6 +54,15 @@ def format_summary(summary: dict) -> str:
     console.print(table)
     if any(c.get("lr") is not None for c in summary["cells"]):
         console.print("* the size's best lr by held-out NTP loss: its point on the scaling curve")
+    if summary.get("seeds") and summary.get("curve_rows"):
+        console.print(_seed_table(summary["curve_rows"]))
+    paired = summary.get("paired")
+    if paired and paired.get("error"):
+        console.print(f"[red]paired comparison {paired['a']} vs {paired['b']} failed:[/red] {paired['error']}")
+    elif paired:
+        from magdi_dist.study.paired import markdown
+
+        console.print(markdown(paired), markup=False, highlight=False, soft_wrap=True)  # a table: no wrapping
     for c in summary["cells"]:
         if c["status"] == "failed":
             console.print(f"[red]cell {c['cell']} failed:[/red] {c['error']}")

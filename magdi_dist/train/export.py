@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from magdi_dist.config import MAGDiConfig
+from magdi_dist.data.shards import TRAINING_QUESTIONS  # read by magdi_dist.eval.contamination
 from magdi_dist.train.dist import barrier
 
 GRAPH_ENCODER_FORMAT = 1
@@ -179,10 +180,12 @@ def staging_dir(out_dir: Path) -> Path:
     return out_dir.with_name(out_dir.name + ".partial")
 
 
-def export(engine, cfg: MAGDiConfig, tokenizer, out_dir: Path, rank: int) -> Path:
+def export(engine, cfg: MAGDiConfig, tokenizer, out_dir: Path, rank: int,
+           training_questions: dict | None = None) -> Path:
     """Collective: every rank must call it (ZeRO-3 gathers involve all ranks). Written into
     ``staging_dir(out_dir)`` and renamed into place at the end, so a rank killed mid-export leaves no
-    half export that a resumed (already finished) run would take for a whole one."""
+    half export that a resumed (already finished) run would take for a whole one. ``training_questions``
+    (the manifest's entry; None for shards from before it existed) goes to TRAINING_QUESTIONS."""
     from safetensors.torch import save_file
 
     from magdi_dist.model.build import DTYPES
@@ -207,6 +210,8 @@ def export(engine, cfg: MAGDiConfig, tokenizer, out_dir: Path, rank: int) -> Pat
     if rank == 0:
         (out_dir / "graph_encoder.json").write_text(json.dumps(_graph_encoder_config(student, cfg), indent=2))
         tokenizer.save_pretrained(str(out_dir))
+        if training_questions is not None:  # --- contamination (issue 24 item 3) ---
+            (out_dir / TRAINING_QUESTIONS).write_text(json.dumps(training_questions, indent=1) + "\n")
         if final.exists():
             shutil.rmtree(final)
         out_dir.rename(final)

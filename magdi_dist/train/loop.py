@@ -320,7 +320,9 @@ def train(spec: RunSpec, data: TrainData, *, metrics_callback: MetricsCallback |
         result.export_dir = out / "export"  # a re-run of a finished run: its export is whole (renamed last)
     elif step == total_steps and t.export:
         t_export = time.perf_counter()
-        result.export_dir = export(engine, cfg, tokenizer, out / "export", info.rank)
+        # contamination (issue 24): the export names the questions it was trained on
+        result.export_dir = export(engine, cfg, tokenizer, out / "export", info.rank,
+                                   training_questions=data.training_questions)
         log.info("exported to %s in %.1fs", result.export_dir, time.perf_counter() - t_export)
     barrier()
     return result
