@@ -45,8 +45,8 @@ def main(argv: list[str]) -> int:
 
     streamed = export_module.export
 
-    def both(engine, cfg, tokenizer, out_dir, rank):
-        result = streamed(engine, cfg, tokenizer, out_dir, rank)
+    def both(engine, cfg, tokenizer, out_dir, rank, **kwargs):
+        result = streamed(engine, cfg, tokenizer, out_dir, rank, **kwargs)
         reference_export(engine, cfg, tokenizer, out_dir.parent / "export_ref", rank)
         return result
 
