@@ -4,9 +4,11 @@ place of SmolLM2, this project's loop and TRL's SFTTrainer in their own processe
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -82,6 +84,61 @@ def test_partial_run_keeps_other_figures_entries(tmp_path):
     assert set(summary["figures"]) == {"padding", "peers"}
 
 
+# The ratios the figure publishes, each the quotient of two variants' timed seconds (numerator first).
+RATIOS = {"sft_vs_peer": ("peer", "sft"), "magdi_vs_sft": ("magdi", "sft"), "aa": ("sft_aa", "sft")}
+PUBLISHED = ROOT / "benchmarks" / "results" / "peers.json"
+
+
+def assert_ratios_follow_their_figures(fig: dict) -> None:
+    """Every ratio in a peers.json is what the figures it is built from in the same file give, at the
+    precision the file holds (full floats): the positive tokens from the recorded batches, each variant's
+    tokens/s from them and its per-step seconds, each ratio (total over total, per-step median and range)
+    from those seconds, the headline ratios as the inverse ratio of tokens per CPU-second, the goals'
+    values as the headline ratios."""
+    exact = {"rel": 1e-12, "abs": 0.0}
+    v = fig["details"]["variants"]
+    timed = fig["batch_tokens"][fig["warmup_steps"]:]
+    positive = sum(t["pos"] for t in timed)
+    assert fig["details"]["positive_tokens_timed"] == positive
+    assert fig["negative_token_share"] == pytest.approx(sum(t["neg"] for t in timed) / positive, **exact)
+    for name, x in v.items():
+        for clock, key in (("wall_s", "tokens_per_s"), ("cpu_s", "tokens_per_cpu_s")):
+            want = positive / sum(x[f"samples_{clock}"])
+            assert x[key] == pytest.approx(want, **exact), (name, key)
+            if name in fig[key]:
+                assert fig[key][name] == pytest.approx(want, **exact), (name, key)
+    for ratio, (num, den) in RATIOS.items():
+        for clock in ("cpu_s", "wall_s"):
+            a, b = v[num][f"samples_{clock}"], v[den][f"samples_{clock}"]
+            per_step = [p / q for p, q in zip(a, b, strict=True)]
+            r = fig["ratios"][clock][ratio]
+            assert r["value"] == pytest.approx(sum(a) / sum(b), **exact), (ratio, clock)
+            assert r["paired_median"] == pytest.approx(statistics.median(per_step), **exact), (ratio, clock)
+            assert (r["min"], r["max"], r["n"]) == (pytest.approx(min(per_step), **exact),
+                                                    pytest.approx(max(per_step), **exact), len(a)), (ratio, clock)
+        tokens = fig["tokens_per_cpu_s"]
+        assert fig[f"ratio_{ratio}"] == pytest.approx(tokens[den] / tokens[num], **exact), ratio
+    goals = {g["id"]: g["value"] for g in fig["goals"]}
+    assert goals == {"peers_sft_vs_peer": fig["ratio_sft_vs_peer"], "peers_magdi_vs_sft": fig["ratio_magdi_vs_sft"]}
+    assert fig["value"] == fig["ratio_sft_vs_peer"]
+    assert fig["magdi_goal"] == pytest.approx(1 + fig["negative_token_share"] + 0.05, **exact)
+
+
+def test_the_published_peer_ratios_are_the_ratios_of_their_figures():
+    fig = json.loads(PUBLISHED.read_text())
+    assert_ratios_follow_their_figures(fig)
+    # A wrong ratio fails: the headline, a per-step median, a variant's tokens/s.
+    for path in (("ratio_sft_vs_peer",), ("ratios", "cpu_s", "aa", "paired_median"), ("tokens_per_cpu_s", "magdi")):
+        bad = copy.deepcopy(fig)
+        *parents, leaf = path
+        holder = bad
+        for key in parents:
+            holder = holder[key]
+        holder[leaf] *= 1.001
+        with pytest.raises(AssertionError):
+            assert_ratios_follow_their_figures(bad)
+
+
 def _student_available() -> bool:
     try:
         from magdi_dist.model.sources import checkpoint_dir
@@ -111,9 +168,7 @@ def test_quick_peers_run(tmp_path):
     assert "error" not in fig, fig.get("error")
     assert fig["peer"].startswith("trl ")
     assert set(fig["tokens_per_s"]) >= {"sft", "peer", "magdi"} and all(v > 0 for v in fig["tokens_per_s"].values())
-    for key in ("ratio_sft_vs_peer", "ratio_magdi_vs_sft", "ratio_aa"):
-        assert fig[key] > 0, key
-    assert fig["magdi_goal"] == pytest.approx(1 + fig["negative_token_share"] + 0.05)
+    assert_ratios_follow_their_figures(fig)
     # the three trainers did the same work: the loops' own token counts, the first step's loss
     assert all(v is True for k, v in fig["checks"].items() if k.endswith("_match")), fig["checks"]
     summary = json.loads((results / "summary.json").read_text())

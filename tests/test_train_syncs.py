@@ -119,7 +119,7 @@ def test_logging_interval_changes_no_logged_value(tmp_path):
     (tmp_path / "every").mkdir(), (tmp_path / "once").mkdir()
     every = _run(tmp_path / "every", "train.max_steps=5", "train.log_every=1", "train.grad_accum=2")
     once = _run(tmp_path / "once", "train.max_steps=5", "train.log_every=1000", "train.grad_accum=2")
-    timed = {"step_time_s", "tokens_per_s", "mfu"}
+    timed = {"step_time_s", "tokens_per_s", "positive_tokens_per_s", "mfu"}
     assert [r["step"] for r in once["records"] if "loss" in r] == [1, 2, 3, 4, 5]
     assert len(every["records"]) == len(once["records"]) == 6  # + the final eval
     for a, b in zip(every["records"], once["records"], strict=True):

@@ -6,6 +6,13 @@ rows were made with. ``ShardDataset(manifest_dir)`` is the sequence of example r
 (inputs sorted, then shard, then provenance inside a shard). The write side (Parquet schema, atomic
 writes, the manifest builder) lives in ``magdi_dist.preprocess``.
 
+Integrity: a shard is read only from ``<manifest folder>/shards/`` (``shard_path``: a manifest or unit
+record naming ``../x.parquet`` or an absolute path is refused, never opened), and its bytes are read
+once, hashed against the sha256 the writer recorded, and parsed from that same buffer, so what is
+checked is what is trained on. Every rank does this for what it reads; ``verify_manifest`` (``magdi-dist
+preprocess --verify``) does it without parsing. A failure is a ``ShardIntegrityError`` naming the
+manifest (or unit record), the field and the shard: input to fix, exit code 2.
+
 A sequence of rows (``len``, ``[i]`` -> row dict, ``lengths`` for the sampler). Rows are kept as one
 Arrow table (columnar, no per-row Python objects) and turned into a dict only when indexed.
 
@@ -18,7 +25,9 @@ and the sampler's position in it is what a checkpoint stores.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +43,8 @@ from magdi_dist.config import sha256_file
 # 2: rows carry ``question_key``; the manifest records the split and the tokenizer.
 SHARD_SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
+# The manifest folder's subfolder that holds every shard (the write side names its files there).
+SHARDS = "shards"
 # In an export: the manifest's ``training_questions`` (train/export.py writes it, eval/contamination.py
 # reads it), named here, below both.
 TRAINING_QUESTIONS = "training_questions.json"
@@ -58,25 +69,67 @@ def load_manifest(path: str | Path) -> dict:
     return manifest
 
 
-def read_shard(path: str | Path) -> pa.Table:
-    return pq.read_table(path)
+# A manifest is derived from the unit records on every preprocessing run (preprocess/manifest.py).
+REBUILD = "; re-run `magdi-dist preprocess` to rebuild the manifest from its unit records"
+
+
+class ShardIntegrityError(ValueError):
+    """A shard named outside the shards folder, or one whose bytes are not those recorded when it was
+    written (hash, rows): input the user must fix (the CLI's exit code 2), never trained on."""
+
+
+def shard_path(folder: str | Path, rel: str, *, where: str, fix: str = "") -> Path:
+    """``folder/rel`` for a shard entry ``rel`` of the form ``shards/<file name>``, once it is known to
+    stay inside ``folder/shards`` (links followed); else ``ShardIntegrityError`` naming ``where`` (the
+    manifest or unit record and its field). The form is checked on the text before anything is opened,
+    so it holds for an object-store prefix as well as a folder: this folder is that prefix's mirror
+    (launch/stage.py), and ``shards/<name>`` cannot leave either. ``fix``: what the user should do."""
+    parts = str(rel).split("/")
+    inside = Path(folder) / SHARDS
+    if len(parts) != 2 or parts[0] != SHARDS or parts[1] in ("", ".", "..") or "\\" in parts[1]:
+        raise ShardIntegrityError(f"{where}: not a file inside the shards folder {inside} (expected "
+                                  f"{SHARDS}/<file name>); refusing to read it{fix}")
+    path = inside / parts[1]
+    real, base = Path(os.path.realpath(path)), Path(os.path.realpath(inside))
+    if not real.is_relative_to(base):  # a link out of the folder: the same refusal
+        raise ShardIntegrityError(f"{where}: {path} resolves to {real}, outside the shards folder {base}; "
+                                  f"refusing to read it{fix}")
+    return path
+
+
+def _check_hash(digest: str, shard: dict, path: Path, where: str) -> None:
+    if digest != shard.get("sha256"):
+        raise ShardIntegrityError(
+            f"{where}: shard {path} has sha256 {digest}, but {shard.get('sha256')} was recorded when it was "
+            f"written: its bytes changed since. Delete it and re-run `magdi-dist preprocess` to rebuild it")
+
+
+def read_shard(root: Path, shard: dict, *, where: str, verify: bool = True) -> pa.Table:
+    """One manifest entry's rows. The file is read into memory once: hashed (``verify``) and parsed
+    from the same bytes, so no change between the check and the parse goes unseen."""
+    path = shard_path(root, shard["file"], where=f"{where}.file = {shard['file']!r}", fix=REBUILD)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{where}: shard {path} is missing; re-run `magdi-dist preprocess` to "
+                                "rebuild it") from None
+    if verify:
+        _check_hash(hashlib.sha256(data).hexdigest(), shard, path, where)
+    table = pq.read_table(pa.BufferReader(data))
+    if table.num_rows != shard["rows"]:
+        raise ShardIntegrityError(f"{where}: shard {path} holds {table.num_rows} rows, the manifest says "
+                                  f"{shard['rows']}")
+    return table
 
 
 class ShardDataset:
-    def __init__(self, manifest: str | Path, *, verify: bool = False) -> None:
+    def __init__(self, manifest: str | Path, *, verify: bool = True) -> None:
+        """``verify``: hash every shard against the manifest (paths are always checked)."""
         self.manifest_file = manifest_path(manifest)
         self.manifest = load_manifest(self.manifest_file)
-        if verify:
-            problems = verify_manifest(self.manifest_file)
-            if problems:
-                raise ValueError(f"{self.manifest_file}: {'; '.join(problems)}")
         root = self.manifest_file.parent
-        tables = []
-        for shard in self.manifest["shards"]:
-            table = read_shard(root / shard["file"])
-            if table.num_rows != shard["rows"]:
-                raise ValueError(f"{shard['file']}: {table.num_rows} rows, manifest says {shard['rows']}")
-            tables.append(table)
+        tables = [read_shard(root, shard, where=f"{self.manifest_file}: shards[{i}]", verify=verify)
+                  for i, shard in enumerate(self.manifest["shards"])]
         self.table = pa.concat_tables(tables) if tables else pa.table({})
         self.index = np.arange(self.table.num_rows, dtype=np.int64)
 
@@ -131,17 +184,21 @@ class ShardDataset:
 
 
 def verify_manifest(path: str | Path) -> list[str]:
-    """Problems found by re-hashing every shard against the manifest (empty list: all good)."""
+    """Problems found by checking every shard's path and re-hashing its file against the manifest
+    (empty list: all good), one message per shard, each naming the manifest, the field and the file."""
     file = manifest_path(path)
     manifest = load_manifest(file)
     problems = []
-    for shard in manifest["shards"]:
-        shard_file = file.parent / shard["file"]
-        if not shard_file.is_file():
-            problems.append(f"missing shard {shard['file']}")
-            continue
-        if sha256_file(shard_file) != shard["sha256"]:
-            problems.append(f"hash mismatch in {shard['file']}")
+    for i, shard in enumerate(manifest["shards"]):
+        where = f"{file}: shards[{i}]"
+        try:
+            shard_file = shard_path(file.parent, shard["file"], where=f"{where}.file = {shard['file']!r}",
+                                    fix=REBUILD)
+            if not shard_file.is_file():
+                raise FileNotFoundError(f"{where}: shard {shard_file} is missing")
+            _check_hash(sha256_file(shard_file), shard, shard_file, where)
+        except (ShardIntegrityError, FileNotFoundError) as err:
+            problems.append(str(err))
     return problems
 
 
@@ -173,7 +230,9 @@ class TrainData:
 
 def load_train_data(manifest: str | Path) -> TrainData:
     """The manifest's rows split by its recorded held-out questions, with its tokenizer. Rows keep
-    manifest order within each split; the split itself is the manifest's, never recomputed here."""
+    manifest order within each split; the split itself is the manifest's, never recomputed here. Every
+    shard is checked against the manifest as it is read (``read_shard``): every rank verifies what it
+    trains on."""
     rows = ShardDataset(manifest)
     split = rows.manifest["split"]
     held = set(split["heldout"])

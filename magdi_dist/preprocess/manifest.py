@@ -16,18 +16,27 @@ import os
 from pathlib import Path
 from typing import Any
 
-from magdi_dist.data.shards import MANIFEST, SHARD_SCHEMA_VERSION, load_manifest, manifest_path, verify_manifest
+from magdi_dist.data.shards import (
+    MANIFEST,
+    SHARD_SCHEMA_VERSION,
+    SHARDS,
+    load_manifest,
+    manifest_path,
+    shard_path,
+    verify_manifest,
+)
 from magdi_dist.mag.split import split_summary, training_questions
 from magdi_dist.preprocess.shard_io import atomic_write_json
 
-__all__ = ["MANIFEST", "SHARD_SCHEMA_VERSION", "build_manifest", "load_manifest", "load_unit_record",
+__all__ = ["MANIFEST", "SHARDS", "SHARD_SCHEMA_VERSION", "build_manifest", "load_manifest", "load_unit_record",
            "manifest_path", "relative_to", "unit_record", "unit_record_path", "verify_manifest",
            "write_manifest"]
 
 # The output directory: manifest.json, shards/part-<unit>-<chunk>.parquet, rejects/<unit>.jsonl,
 # units/<unit>.json (one completion record per input), tokenizer/ (data.tokenizer=train) and the
 # synthetic inputs under inputs/.
-SHARDS, REJECTS, UNITS = "shards", "rejects", "units"
+# SHARDS is the read side's (data/shards.py), which refuses a shard anywhere else.
+REJECTS, UNITS = "rejects", "units"
 
 
 def shard_name(unit: str, chunk: int) -> str:
@@ -54,14 +63,18 @@ def load_unit_record(out_dir: Path, key: str) -> dict | None:
     """The completion record of an input, or None when it is absent or its shards are not all there.
 
     Size is checked, not the hash: re-hashing every shard on every run would make "nothing to do"
-    cost as much I/O as the data; ``verify_manifest`` does the full check on demand.
+    cost as much I/O as the data; the ranks hash what they read, ``verify_manifest`` on demand. A
+    shard name that leaves the shards folder (``../x.parquet``, an absolute path) is refused here,
+    before it can reach the manifest (``ShardIntegrityError``).
     """
     path = unit_record_path(out_dir, key)
     if not path.is_file():
         return None
     record = json.loads(path.read_text())
-    for shard in record["shards"]:
-        file = out_dir / SHARDS / shard["name"]
+    fix = f"; delete {path} and re-run `magdi-dist preprocess` to rebuild that input"
+    for i, shard in enumerate(record["shards"]):
+        file = shard_path(out_dir, f"{SHARDS}/{shard['name']}", where=f"{path}: shards[{i}].name = "
+                          f"{shard['name']!r}", fix=fix)
         if not file.is_file() or file.stat().st_size != shard["bytes"]:
             return None
     return record

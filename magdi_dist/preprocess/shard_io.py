@@ -134,17 +134,20 @@ def write_shard(path: str | Path, rows: Sequence[dict], row_group_rows: int, nod
     table = rows_to_table(rows, row_schema(node_ids))
     try:
         pq.write_table(table, tmp, row_group_size=max(1, row_group_rows), **PARQUET_OPTIONS)
+        # Hashed before the rename: the recorded sha256 is of the bytes this writer wrote, which every
+        # reader checks (data/shards.py), not of whatever the path holds afterwards.
+        summary = shard_summary(tmp, name=path.name)
         _fsync_replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return shard_summary(path)
+    return summary
 
 
-def shard_summary(path: str | Path) -> dict:
-    """Name, row count, byte size and sha256 of a complete shard file."""
+def shard_summary(path: str | Path, name: str | None = None) -> dict:
+    """Name (``name``, else the file's), row count, byte size and sha256 of a complete shard file."""
     path = Path(path)
     return {
-        "name": path.name,
+        "name": name or path.name,
         "rows": pq.ParquetFile(path).metadata.num_rows,
         "bytes": path.stat().st_size,
         "sha256": sha256_file(path),

@@ -32,6 +32,16 @@ def _metrics(cell_dir: Path) -> tuple[list[dict], dict | None]:
     return [r for r in rows if "loss" in r and "eval_loss" not in r], (evals[-1] if evals else None)
 
 
+def tokens_per_s(steps: list[dict], key: str = "tokens") -> float | None:
+    """Tokens per second of training over the logged steps: ``tokens`` counts every row the LM ran
+    (negatives and extra nodes for MAGDi, positives only for NTP-only), ``positive_tokens`` the positive
+    chains alone, the same work in every variant. None when a step lacks the count (a metrics.jsonl
+    written before it was logged)."""
+    if not steps or any(key not in s for s in steps):
+        return None
+    return sum(s[key] for s in steps) / sum(s["step_time_s"] for s in steps)
+
+
 def cell_row(variant: str, cell_dir: str | Path, wall_s: float | None = None) -> dict:
     """One variant's row from its cell folder (``train.output_dir``): held-out loss and step figures
     from ``metrics.jsonl``, accuracy from ``eval/`` when the cell has been evaluated (else None)."""
@@ -40,7 +50,7 @@ def cell_row(variant: str, cell_dir: str | Path, wall_s: float | None = None) ->
     step_times = sorted(s["step_time_s"] for s in steps)
     row = {"variant": variant, "steps": len(steps), "eval_ntp_loss": heldout["eval_ntp_loss"] if heldout else None,
            "step_s": step_times[len(step_times) // 2] if step_times else None,
-           "tokens_per_s": (sum(s["tokens"] for s in steps) / sum(s["step_time_s"] for s in steps)) if steps else None,
+           "positive_tokens_per_s": tokens_per_s(steps, "positive_tokens"), "tokens_per_s": tokens_per_s(steps),
            "wall_s": wall_s, "accuracy": None}
     summary = cell_dir / "eval" / "summary.json"
     if summary.is_file():
@@ -65,8 +75,9 @@ def _fmt(value, spec: str, none: str = "-") -> str:
 
 def markdown(rows: list[dict]) -> str:
     head = ("| variant | steps | held-out NTP loss | accuracy (95% CI) | no answer extracted | tokens per answer "
-            "| answer / teacher discussion tokens | step (median, s) | tokens/s | cell wall time (s) |\n"
-            "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+            "| answer / teacher discussion tokens | step (median, s) | positive-chain tokens/s | tokens/s (all rows) "
+            "| cell wall time (s) |\n"
+            "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     lines = [head]
     for r in rows:
         if r["accuracy"] is None:
@@ -77,7 +88,8 @@ def markdown(rows: list[dict]) -> str:
             acc = (f"{r['accuracy']:.1%} [{r['ci'][0]:.1%}, {r['ci'][1]:.1%}] (n={r['n']}) "
                    f"| {r['extraction_failures']:.1%} | {_fmt(r['tokens_per_answer'], '.0f')} | {_fmt(ratio, '.2f')}")
         lines.append(f"| {r['variant']} | {r['steps']} | {_fmt(r['eval_ntp_loss'], '.4f')} | {acc} "
-                     f"| {_fmt(r['step_s'], '.1f')} | {_fmt(r['tokens_per_s'], '.0f')} | {_fmt(r['wall_s'], '.0f')} |")
+                     f"| {_fmt(r['step_s'], '.1f')} | {_fmt(r['positive_tokens_per_s'], '.0f')} "
+                     f"| {_fmt(r['tokens_per_s'], '.0f')} | {_fmt(r['wall_s'], '.0f')} |")
     return "\n".join(lines)
 
 

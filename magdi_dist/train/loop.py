@@ -31,7 +31,14 @@ from magdi_dist.data.shards import TrainData
 from magdi_dist.run_spec import RunSpec
 from magdi_dist.train import checkpoint
 from magdi_dist.train.dist import DistInfo, barrier, init_distributed
-from magdi_dist.train.metrics import MetricsCallback, MetricsWriter, StepAccumulator, StepLog, measure_peak_flops
+from magdi_dist.train.metrics import (
+    MetricsCallback,
+    MetricsWriter,
+    StepAccumulator,
+    StepLog,
+    measure_peak_flops,
+    positive_tokens,
+)
 from magdi_dist.train.sampler import LengthGroupedSampler
 
 log = logging.getLogger("magdi_dist.train")
@@ -289,7 +296,7 @@ def train(spec: RunSpec, data: TrainData, *, metrics_callback: MetricsCallback |
             if stage0_fp32 and engine.is_gradient_accumulation_boundary():
                 grad_norm = _grad_norm_stage0(engine)
             engine.step()  # optimizer + LR schedule only at the boundary
-            acc.add(outputs, flops(outputs, batch["input_ids"].shape[1]))
+            acc.add(outputs, flops(outputs, batch["input_ids"].shape[1]), positive_tokens(batch))
             position = pos + 1
         step += 1
         # A tensor (or float, or None) from DeepSpeed: read with the step's sums, not now.

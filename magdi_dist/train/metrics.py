@@ -21,8 +21,19 @@ import torch
 
 MetricsCallback = Callable[[int, dict], None]
 
-# Summed per micro-step on the device, all-reduced once per logging interval (one collective for all).
-SUMMED = ("loss", "ntp_loss", "margin_loss", "node_loss", "num_tokens", "num_nodes", "flops")
+# Summed per micro-step on the device, all-reduced once per logging interval (one collective for all):
+# the student's outputs, then what the loop counts (positive-chain tokens, FLOPs).
+OUTPUTS = ("loss", "ntp_loss", "margin_loss", "node_loss", "num_tokens", "num_nodes")
+SUMMED = (*OUTPUTS, "positive_tokens", "flops")
+
+
+def positive_tokens(batch: dict) -> torch.Tensor:
+    """Real tokens of a batch's positive chains (rows ``:B`` of the collated 2B rows, docs/CONTRACTS.md),
+    a device scalar. ``num_tokens`` counts every row the LM ran (negatives and extra nodes for MAGDi,
+    positives only for NTP-only), so its tokens/s compares different work across variants; these are
+    the same tokens in every variant."""
+    mask = batch["attention_mask"]
+    return mask[: mask.shape[0] // 2].sum()
 
 
 def measure_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 1024,
@@ -53,8 +64,8 @@ def measure_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32,
 
 class StepAccumulator:
     """Sums the micro-steps of one optimizer step on this rank, on the device: adding never waits for
-    the device (no ``float()`` / ``.item()``); ``sums`` holds [loss terms..., tokens, nodes, FLOPs,
-    micro-steps] in float64 (exact for the counts, and the float32 losses convert exactly)."""
+    the device (no ``float()`` / ``.item()``); ``sums`` holds [loss terms..., tokens, nodes, positive-chain
+    tokens, FLOPs, micro-steps] in float64 (exact for the counts, and the float32 losses convert exactly)."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -64,10 +75,11 @@ class StepAccumulator:
         self.sums = torch.zeros(len(SUMMED) + 1, dtype=torch.float64, device=self.device)  # last: micro-steps
         self.t0 = time.perf_counter()
 
-    def add(self, out: dict, flops: torch.Tensor | float) -> None:
-        vals = [out[k].detach().to(self.device, torch.float64).reshape(()) for k in SUMMED[:-1]]
-        flops = torch.as_tensor(flops, dtype=torch.float64, device=self.device).reshape(())
-        self.sums += torch.stack([*vals, flops, torch.ones((), dtype=torch.float64, device=self.device)])
+    def add(self, out: dict, flops: torch.Tensor | float, positive: torch.Tensor | float = 0.0) -> None:
+        """``positive``: the micro-batch's positive-chain tokens (``positive_tokens``)."""
+        vals = [out[k].detach().to(self.device, torch.float64).reshape(()) for k in OUTPUTS]
+        counted = [torch.as_tensor(v, dtype=torch.float64, device=self.device).reshape(()) for v in (positive, flops)]
+        self.sums += torch.stack([*vals, *counted, torch.ones((), dtype=torch.float64, device=self.device)])
 
     def reduce(self) -> dict:
         """Mean loss terms over all micro-steps of all ranks; token / node / FLOP totals over ranks. A
@@ -149,8 +161,10 @@ def step_record(step: int, reduced: dict, lr: float, grad_norm: float | None, wo
         "node_loss": reduced["node_loss"],
         "lr": lr,
         "grad_norm": grad_norm,
-        "tokens": int(reduced["num_tokens"]),
+        "tokens": int(reduced["num_tokens"]),  # every row the LM ran
         "tokens_per_s": reduced["num_tokens"] / dt,
+        "positive_tokens": int(reduced["positive_tokens"]),  # the positive chains: the same in every variant
+        "positive_tokens_per_s": reduced["positive_tokens"] / dt,
         "step_time_s": dt,
         "flops": reduced["flops"],
         "mfu": reduced["flops"] / dt / (peak_flops * world_size),
