@@ -15,6 +15,7 @@ from typer.core import TyperGroup
 
 from magdi_dist.cli_options import options_from
 from magdi_dist.eval.config import EvalConfig
+from magdi_dist.results.command import results_app
 
 # The input errors, by module and name: checking an exception then imports nothing (a class whose module
 # was never imported cannot have raised). FileNotFoundError is how the readers and loaders say an input
@@ -24,7 +25,7 @@ _INPUT_ERRORS = (("magdi_dist.config", "ConfigError"), ("magdi_dist.eval.errors"
                  ("magdi_dist.model.shapes", "ShapeError"), ("magdi_dist.model.sources", "ModelSourceError"),
                  ("magdi_dist.train.checkpoint", "CheckpointMismatch"), ("magdi_dist.launch.lock", "RunLocked"),
                  ("magdi_dist.train.checkpoint", "CheckpointSpaceError"), ("magdi_dist.train.loop", "TrainingDiverged"),
-                 ("builtins", "FileNotFoundError"))
+                 ("magdi_dist.data.shards", "ShardIntegrityError"), ("builtins", "FileNotFoundError"))
 
 
 def _is_input_error(err: BaseException) -> bool:
@@ -62,7 +63,8 @@ def preprocess(
     address: str | None = typer.Option(None, "--address",
                                        help="Ray cluster (default: RAY_ADDRESS, else an embedded local Ray)."),
     local: bool = typer.Option(False, "--local", help="Run the same stages in this process, without Ray."),
-    verify: bool = typer.Option(False, "--verify", help="Re-hash every shard against the manifest afterwards."),
+    verify: bool = typer.Option(False, "--verify", help="Afterwards, check that every shard lies inside the shards "
+                                                       "folder and re-hash it against the manifest (exit 2 if not)."),
     storage: str | None = typer.Option(None, "--storage", envvar="MAGDI_STORAGE",
                                        help="Root for relative output paths (default: the working directory)."),
 ) -> None:
@@ -75,12 +77,16 @@ def preprocess(
     from magdi_dist.launch.stage import prepare
     from magdi_dist.preprocess.manifest import verify_manifest
 
+    # A unit record naming a shard outside the folder is refused while preparing (ShardIntegrityError).
     report, where = prepare(cfg, engine="local" if local else "ray", address=address)
     typer.echo(f"manifest: {where}")
-    problems = verify_manifest(report.manifest) if verify else []
-    for problem in problems:
-        typer.echo(f"error: {problem}", err=True)
-    raise typer.Exit(1 if problems else 0)
+    if verify:
+        problems = verify_manifest(report.manifest)
+        for problem in problems:  # one line per shard, each naming the manifest, the field and the file
+            typer.echo(f"error: {problem}", err=True)
+        if problems:
+            raise typer.Exit(2)  # input to fix, as every command's
+        typer.echo("verify: every shard is inside the shards folder and matches the sha256 recorded at write time")
 
 
 @app.command()
@@ -426,6 +432,9 @@ def bench(
     # run, whichever clone this process's package came from.
     proc = subprocess.run([sys.executable, "-m", "benchmarks", *argv], cwd=root, check=False)
     raise typer.Exit(proc.returncode)
+
+
+app.add_typer(results_app, name="results")
 
 
 if __name__ == "__main__":

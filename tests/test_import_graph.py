@@ -22,7 +22,7 @@ LAYERS = [
     ["preprocess", "train", "eval"],
     ["launch", "debate"],  # debate reads questions through eval and writes MAGs through mag
     ["study"],
-    ["recipes"],
+    ["recipes", "results"],  # results: collected raw files and the documents generated from them
     ["cli"],
 ]
 LAYER = {pkg: i for i, names in enumerate(LAYERS) for pkg in names}
