@@ -17,11 +17,10 @@ from magdi_dist.study.config import StudyConfig, load_study
 # The shared training config of every demo cell (ZeRO-2, 2 ranks, synthetic data). Sizes differ in
 # ``model.base`` and their learning rate only; data, tokenizer, node features and steps are the same.
 #
-# The budget, measured on an idle 2-core machine (README "The demo", docs/demo_lr_sweep.md): a step of
-# 2 ranks x 8 pairs (chains of at most 58 tokens) takes about 0.06 / 0.09 / 0.31 s for the 0.25m /
-# tiny-1m / tiny-5m students and 1.16 s for tiny-20m. Accuracy on this task comes with steps (tiny-1m:
-# 8% after 400 steps, 57% after 3,000), so the 15 minutes buy 1,200 steps of three sizes up to 5m
-# rather than 400 steps of three up to 20m, on 4,000 MAGs (about 0.66 epoch: no repeated data).
+# Why these sizes and steps: accuracy on this task comes with steps more than with size at a fixed
+# budget, so the demo buys 1,200 steps of three sizes up to 5m rather than a few hundred of sizes up to
+# 20m (docs/demo_lr_sweep.md has the sweeps). Its measured wall time, step times and results are in
+# docs/results/demo/, rendered into the README by `magdi-dist results`.
 TINY_025M = {"preset": "tiny-1m", "hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4,
              "intermediate_size": 176}
 DEMO_TRAIN = {
