@@ -153,7 +153,8 @@ def markdown(fig: dict) -> list[str]:
         return (f"{c['value']:.3f} CPU time, {w['value']:.3f} wall clock (total over total; per step: median "
                 f"{c['paired_median']:.3f}, range {c['min']:.2f}-{c['max']:.2f})")
 
-    out = [f"Peer comparison, {fig['date']}, commit {fig['commit']}, load average {fig['loadavg'][0]:.1f} at the "
+    commit = fig["commit"].replace("+dirty", " + uncommitted changes (not reproducible from the commit alone)")
+    out = [f"Peer comparison, {fig['date']}, commit {commit}, load average {fig['loadavg'][0]:.1f} at the "
            f"end: {fig['what']}; {fig['reps']} timed steps per variant after {fig['warmup_steps']} warm-up "
            f"step(s), interleaved; student {fig['student']}. MFU: model FLOPs (model/flops.py, LoRA-aware, real "
            f"tokens) per wall-clock second over {fig['peak_gflops']:.1f} GFLOP/s (measure_peak_flops, measured "

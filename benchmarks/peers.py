@@ -306,7 +306,29 @@ def run(settings: Settings) -> dict:
 
 
 def rows(result: dict) -> list[Row]:
-    return [Row(g["id"], g["label"], g["value"], g["goal"], g["met"], g.get("kind", "x")) for g in result["goals"]]
+    """The goals, each label with what the total-over-total ratio alone hides: the per-step paired median
+    and, for sft/TRL, whether that median lies outside the A/A control's per-step range (when it does not,
+    the difference is not resolved); for MAGDi/SFT, what the figure leaves out."""
+    cpu = result.get("ratios", {}).get("cpu_s", {})
+    notes = {}
+    if {"sft_vs_peer", "aa"} <= cpu.keys():
+        r, aa = cpu["sft_vs_peer"], cpu["aa"]
+        inside = aa["min"] <= r["paired_median"] <= aa["max"]
+        notes["peers_sft_vs_peer"] = (
+            f"; per step: paired median {r['paired_median']:.3f}, A/A control's per-step range "
+            f"{aa['min']:.2f}-{aa['max']:.2f}: {'inside it, not resolved' if inside else 'outside it'}")
+    if "magdi_vs_sft" in cpu:
+        notes["peers_magdi_vs_sft"] = (
+            f"; per step: paired median {cpu['magdi_vs_sft']['paired_median']:.3f}; one rank, where `lm_passes: "
+            "auto` takes two LM passes (several ZeRO-3 ranks take one); without the frozen-feature pass over "
+            "the node texts")
+    out = []
+    for g in result["goals"]:
+        label = g["label"]
+        if g["id"] in notes and label.endswith(")"):
+            label = label[:-1] + notes[g["id"]] + ")"
+        out.append(Row(g["id"], label, g["value"], g["goal"], g["met"], g.get("kind", "x")))
+    return out
 
 
 def details(result: dict) -> str:

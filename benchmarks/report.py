@@ -6,11 +6,20 @@ Only the text between the two markers below is rewritten; everything else in the
 hand-written analysis) is kept as it is. A row's "before" is the figure's own (the same quantity
 measured the old way in the same run) or else the value of the row with the same id that the figure's
 ``rows`` gives for its entry in results/before.json, the snapshot of the first full run taken before
-any optimisation (``python -m benchmarks --save-baseline``).
+any optimisation (``python -m benchmarks --save-baseline``), used only where that run had the same CPU
+(model and flags) as the figure's; the line under the table says where and on which commit it ran.
+
+``python -m benchmarks.report`` renders again what the results files hold, without measuring: every
+figure of summary.json from its own results/<figure>.json, its rows through the figure's ``rows`` (a
+label or a row added since the run), each row keeping the date of the run that measured it;
+``--check`` only compares and exits 1 when summary.json or the docs differ from that rendering.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -44,30 +53,66 @@ def _baseline_values(mod, baseline: dict | None) -> dict:
         return {}
 
 
-def figure_rows(name: str, fig: dict, baseline: dict | None) -> list[dict]:
-    """The summary entries of one figure just run (a note entry if it failed or was skipped)."""
+OTHER_CPU = "results/before.json, another CPU: not shown"
+
+
+def figure_rows(name: str, fig: dict, baseline: dict | None, machine: dict | None = None) -> list[dict]:
+    """The summary entries of one figure just run (a note entry if it failed or was skipped). A baseline
+    "before" is used only when the baseline run's CPU (model and flags) is ``machine``'s: a timing
+    taken on another CPU is no "before" of this one; the entry then says so instead."""
     if "error" in fig or fig.get("skipped"):
         return [{"figure": name, "id": f"{name}:not_measured", "label": f"{name}: not measured", "kind": "x",
                  "before": None, "after": None, "goal": "", "met": None,
                  "note": fig.get("error") or fig.get("skipped") or "not run"}]
     mod = load(name)
     base = _baseline_values(mod, baseline)
+    where = baseline_machine(baseline) if base else None
+    same_cpu = where is not None and (machine is None or (where["cpu_model"] == machine.get("cpu_model")
+                                                          and where["isa"] == list(machine.get("isa", []))))
     out = []
     for row in mod.rows(fig):
+        entry = {}
         if row.before is None and base.get(row.id) is not None:
-            row.before, row.before_source = base[row.id], "results/before.json"
-        out.append({"figure": name, **asdict(row), "after": row.value})
+            row.before, row.before_source = (base[row.id], "results/before.json") if same_cpu else (None, OTHER_CPU)
+            entry["before_machine"] = where
+        out.append({"figure": name, **asdict(row), "after": row.value, **entry})
     return out
+
+
+def baseline_machine(baseline: dict) -> dict:
+    """Where the baseline run was taken: date, commit (with "+dirty"), CPU and its flags."""
+    m = baseline.get("machine", {})
+    return {"date": m.get("date", "?"), "commit": _commit_of(m) or "?", "cpu_model": m.get("cpu_model", "?"),
+            "isa": list(m.get("isa", []))}
+
+
+def _commit_of(stamp: dict) -> str | None:
+    """"abc1234" or "abc1234+dirty" from a figure's own stamp (``commit``, or ``machine.git_commit``)."""
+    if isinstance(stamp.get("commit"), str):
+        return stamp["commit"]
+    m = stamp.get("machine", stamp)
+    if isinstance(m.get("git_commit"), str):
+        return m["git_commit"] + ("+dirty" if m.get("git_dirty") else "")
+    return None
+
+
+def commit_text(commit: str) -> str:
+    """A commit as the docs show it: a tree with uncommitted changes said in words, not a "+dirty"."""
+    return commit.replace("+dirty", " + uncommitted changes")
 
 
 def summary_rows(figures: dict, baseline: dict | None, machine: dict | None = None) -> list[dict]:
     """One entry per goal (and per reported number): value, goal, met, date, commit. This list, in
     summary.json, is the source of truth; the docs table is generated from it."""
-    rows = [r for name, fig in figures.items() for r in figure_rows(name, fig, baseline)]
-    if machine is not None:
-        commit = machine["git_commit"] + ("+dirty" if machine["git_dirty"] else "")
-        for r in rows:
-            r["date"], r["commit"] = machine["date"], commit
+    rows = []
+    for name, fig in figures.items():
+        for r in figure_rows(name, fig, baseline, fig.get("machine", machine)):
+            if machine is not None:
+                # The figure's own stamp when it has one (taken when it finished: a tree changed during
+                # the run shows), else the run's, taken at its start.
+                r["date"] = machine["date"]
+                r["commit"] = _commit_of(fig) or _commit_of(machine)
+            rows.append(r)
     return rows
 
 
@@ -84,7 +129,8 @@ def markdown(summary: dict) -> str:
         f"Generated from `benchmarks/results/summary.json` (one entry per goal, each with the date and commit "
         f"of the run that measured it). Last command: `{summary['command']}` -- wall time "
         f"{summary['wall_s'] / 60:.1f} min ({'quick' if m['quick'] else 'full'} run, {m['date']}, commit "
-        f"{m['git_commit']}{' + uncommitted changes' if m['git_dirty'] else ''}).",
+        f"{commit_text(_commit_of(m))}). A commit \"+ uncommitted changes\" means the tree held changes that no "
+        "commit has: such a figure cannot be reproduced from a commit alone.",
         "",
         f"Machine: {m['cpu_model']}, {m['cores']} cores ({', '.join(m['isa'])}), torch threads "
         f"{m['torch_threads']} per process, load average {m['loadavg_start'][0]:.1f} at start / "
@@ -96,16 +142,24 @@ def markdown(summary: dict) -> str:
         "| figure | before | value | goal | met | measured |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
+    bases = []
     for r in summary["table"]:
-        when = f"{r.get('date', '?')[:16]}, {r.get('commit', '?')}"
+        when = f"{r.get('date', '?')[:16]}, {commit_text(r.get('commit', '?'))}"
         if r.get("note"):
             lines.append(f"| {r['label']} | n/a | n/a | {r['goal']} | {r['note']} | {when} |")
             continue
         before = _fmt(r["before"], r["kind"])
-        if r["before"] is not None and r.get("before_source") == "results/before.json":
-            before += " (baseline run)"
+        if r.get("before_source") in ("results/before.json", OTHER_CPU):
+            before += " (baseline run)" if r["before"] is not None else " (baseline run on another CPU)"
+            if (b := r.get("before_machine")) and b not in bases:
+                bases.append(b)
         lines.append(f"| {r['label']} | {before} | {_fmt(r['after'], r['kind'])} | {r['goal']} | {_met(r['met'])} "
                      f"| {when} |")
+    for b in bases:
+        lines += ["", f"Baseline run: `results/before.json`, taken {b['date'][:16]} at commit "
+                  f"{commit_text(b['commit'])}, on {b['cpu_model']} ({', '.join(b['isa'])}). A row's \"before\" "
+                  "comes from it only where it ran on the same CPU (model and flags) as that row's figure; "
+                  "\"n/a (baseline run on another CPU)\" marks a row where it did not."]
     lines += ["", "Details (all figures also in `benchmarks/results/*.json`):", "", details(summary["figures"]),
               "", END]
     return "\n".join(lines)
@@ -145,3 +199,59 @@ def write_docs(path: Path, summary: dict) -> None:
         text = text.rstrip("\n") + "\n\n## Results\n\n" + block + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+
+
+def refresh(results_dir: Path) -> dict:
+    """summary.json as the results files give it now: each of its figures from results/<figure>.json
+    (the raw file a run wrote; the copy in summary.json where there is none), its rows rendered again
+    through the figure's ``rows`` and the baseline, each row keeping the date and load of the run that
+    measured its figure and taking the figure's own commit stamp where it has one."""
+    summary = json.loads((results_dir / "summary.json").read_text())
+    base_path = results_dir / "before.json"
+    baseline = json.loads(base_path.read_text()) if base_path.is_file() else None
+    figures = {}
+    for name, fig in summary["figures"].items():
+        path = results_dir / f"{name}.json"
+        figures[name] = json.loads(path.read_text()) if path.is_file() else fig
+    old = {}
+    for r in summary["table"]:
+        old.setdefault(r["figure"], r)
+    table = []
+    for name, fig in figures.items():
+        if name not in old:  # a figure kept in summary.json without rows: nothing to render
+            continue
+        for r in figure_rows(name, fig, baseline, fig.get("machine", summary["machine"])):
+            r["date"], r["loadavg_start"] = old[name].get("date", "?"), old[name].get("loadavg_start")
+            r["commit"] = _commit_of(fig) or old[name].get("commit", "?")
+            table.append(r)
+    order = {n: i for i, n in enumerate(FIGURES + EXPERIMENTS)}
+    summary["figures"] = figures
+    summary["table"] = sorted(table, key=lambda r: order.get(r["figure"], len(order)))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    root = Path(__file__).resolve().parents[1]
+    p = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n\n")[0])
+    p.add_argument("--results-dir", type=Path, default=root / "benchmarks" / "results")
+    p.add_argument("--docs", type=Path, default=root / "docs" / "benchmarks.md")
+    p.add_argument("--check", action="store_true", help="compare only; exit 1 when a file differs")
+    args = p.parse_args(argv)
+    summary = refresh(args.results_dir)
+    text = json.dumps(summary, indent=2, sort_keys=True) + "\n"
+    path = args.results_dir / "summary.json"
+    if args.check:
+        docs = args.docs.read_text() if args.docs.is_file() else ""
+        stale = [str(f) for f, same in ((path, path.read_text() == text), (args.docs, markdown(summary) in docs))
+                 if not same]
+        for f in stale:
+            print(f"{f}: differs from what the results files render (python -m benchmarks.report)", file=sys.stderr)
+        return 1 if stale else 0
+    path.write_text(text)
+    write_docs(args.docs, summary)
+    print(f"rendered {path} and {args.docs}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

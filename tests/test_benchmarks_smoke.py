@@ -52,13 +52,20 @@ def test_quick_run_writes_every_figure(tmp_path):
         assert row["date"] and row["commit"] and "met" in row and "goal" in row, row
         assert isinstance(row["value"], int | float), row
     rows = {r["id"]: r for r in summary["table"]}
-    # quick mode times tiny-1m only; its "before" is the committed baseline's, found by row id
+    # quick mode times tiny-1m only; its "before" is the committed baseline's, found by row id, where the
+    # baseline ran on this CPU, else left out and said so (test_baseline_before_only_from_the_same_cpu)
     assert {"step_overhead_tiny-1m", "step_overhead_sft_tiny-1m"} <= set(rows)
     assert not any(i.startswith("step_overhead") and "20m" in i for i in rows)
-    assert rows["step_overhead_tiny-1m"]["before_source"] == "results/before.json"
-    # before.json (an older layout: medians, no "value"): tiny-1m, worst of frozen 1.156 and live 1.095
-    assert rows["step_overhead_tiny-1m"]["before"] == pytest.approx(1.1563440501349636)
-    assert rows["mfu"]["before"] == pytest.approx(0.5629004811405138)
+    base = json.loads((RESULTS / "before.json").read_text())["machine"]
+    here = summary["machine"]
+    if (base["cpu_model"], base["isa"]) == (here["cpu_model"], here["isa"]):
+        assert rows["step_overhead_tiny-1m"]["before_source"] == "results/before.json"
+        # before.json (an older layout: medians, no "value"): tiny-1m, worst of frozen 1.156 and live 1.095
+        assert rows["step_overhead_tiny-1m"]["before"] == pytest.approx(1.1563440501349636)
+        assert rows["mfu"]["before"] == pytest.approx(0.5629004811405138)
+    else:
+        assert rows["step_overhead_tiny-1m"]["before"] is None and rows["mfu"]["before"] is None
+        assert rows["step_overhead_tiny-1m"]["before_machine"]["isa"] == base["isa"]
     assert rows["padding"]["before_source"] == "same run"
     assert not (results / "peers.json").exists()  # --quick runs the peer figure only when named
     zero = json.loads((results / "zero_memory.json").read_text())
@@ -124,6 +131,29 @@ def test_committed_summary_renders_the_docs_table():
     docs = (ROOT / "docs" / "benchmarks.md").read_text()
     assert all(line in docs for line in table)
     assert "predates the current format" not in "\n".join(lines)
+
+
+def test_baseline_before_only_from_the_same_cpu():
+    """A row's "before" from results/before.json (found by row id) where the baseline ran on the figure's
+    CPU; on another CPU (other flags) none, the row saying why and naming the baseline's machine in
+    the docs. The committed files: the checkpoint figure, before.json's own machine and another one."""
+    from benchmarks.report import OTHER_CPU, figure_rows, markdown
+
+    baseline = json.loads((RESULTS / "before.json").read_text())
+    fig = json.loads((RESULTS / "checkpoint.json").read_text())
+    same = {r["id"]: r for r in figure_rows("checkpoint", fig, baseline, baseline["machine"])}
+    want = baseline["figures"]["checkpoint"]["value"]  # the baseline's own save ratio
+    assert same["checkpoint"]["before"] == pytest.approx(want) and same["checkpoint"]["before_source"] == \
+        "results/before.json"
+    assert same["checkpoint_restore"]["before"] is not None
+    other = {**baseline["machine"], "isa": [*baseline["machine"]["isa"], "avx512f"]}
+    rows = figure_rows("checkpoint", fig, baseline, other)
+    assert [(r["before"], r["before_source"]) for r in rows] == [(None, OTHER_CPU)] * 2
+    summary = {**json.loads((RESULTS / "summary.json").read_text()), "table": [
+        {**r, "date": "2026-01-01 00:00:00 UTC", "commit": "abc1234+dirty"} for r in rows]}
+    text = markdown(summary)
+    assert "n/a (baseline run on another CPU)" in text and "abc1234 + uncommitted changes" in text
+    assert f"taken {baseline['machine']['date'][:16]} at commit {baseline['machine']['git_commit']}" in text
 
 
 def test_missing_extra_stops_the_run_with_the_install_command():

@@ -17,9 +17,10 @@ cost does not depend on them). Not in the default run: it explains one of its fi
 
 from __future__ import annotations
 
+import os
 import time
 
-from benchmarks.common import Settings, median
+from benchmarks.common import Settings, commit_id, median
 from benchmarks.figure import BENCH_EXTRA, Row, options
 
 NAME = "peer_head"
@@ -35,6 +36,7 @@ def run(settings: Settings) -> dict:
 
     from magdi_dist.model.losses import ntp_loss
 
+    load_start = list(os.getloadavg())
     gen = torch.Generator().manual_seed(0)
     o = options(settings, OPTIONS, QUICK)
     B, T, d, V = o["rows"], o["tokens"], 576, 49152
@@ -66,7 +68,12 @@ def run(settings: Settings) -> dict:
             t0 = time.process_time()
             variants[name]()
             cpu[name].append(time.process_time() - t0)
-    return {"figure": NAME, "rows": B, "tokens": T, "cpu_s": {k: median(v) for k, v in cpu.items()},
+    # Stamped like the peer figure it explains: when, on what tree, under what load (CPU time, yet a loaded
+    # machine's cache and memory contention still move it).
+    return {"figure": NAME, "rows": B, "tokens": T, "prompt": o["prompt"], "reps": o["reps"],
+            "threads": settings.threads, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "commit": commit_id(),
+            "loadavg_start": load_start, "loadavg_end": list(os.getloadavg()),
+            "cpu_s": {k: median(v) for k, v in cpu.items()},
             "ratio_to_project": {k: median([a / b for a, b in zip(v, cpu["project"], strict=True)])
                                  for k, v in cpu.items()},
             "samples_cpu_s": cpu}
@@ -80,4 +87,11 @@ def rows(result: dict) -> list[Row]:
 
 def details(result: dict) -> str:
     st = "; ".join(f"{k} {result['cpu_s'][k] * 1e3:.0f} ms ({v:.2f}x)" for k, v in result["ratio_to_project"].items())
-    return f"- Peer head ({result['rows']} rows x {result['tokens']} tokens, median CPU time per call): {st}."
+    when = ""
+    if "commit" in result:  # results written before the stamp was recorded have none
+        when = (f" Measured {result['date']}, commit "
+                f"{result['commit'].replace('+dirty', ' + uncommitted changes')}, load average "
+                f"{result['loadavg_start'][0]:.1f} at start / {result['loadavg_end'][0]:.1f} at end, "
+                f"{result['reps']} interleaved repetitions, {result['prompt']} prompt positions per row.")
+    return (f"- Peer head ({result['rows']} rows x {result['tokens']} tokens, median CPU time per call, the "
+            f"ratio as the median of per-repetition ratios): {st}.{when}")
