@@ -218,6 +218,7 @@ def markdown(paired: Mapping[str, Any]) -> str:
                      f"| {acc['only_a']} / {acc['only_b']} | {_ci(loss, 1.0, '+.4f')} "
                      f"| accuracy: {reading(acc, f'{a} higher', f'{b} higher')}{few}; "
                      f"loss: {reading(loss, f'{b} lower', f'{a} lower')} |")
+    lines.append("")  # the table ends here: the notes below are a list, not rows
     for name, t in paired["trend"].items():
         scale, spec = (100.0, "+.2f") if name == "accuracy" else (1.0, "+.4f")
         if t.get("slope") is None:
