@@ -5,6 +5,7 @@ A run whose output folder is a URI works in a node-local **mirror** of it (``loc
 synced with the store at the points where something becomes durable (launch/stage.py): shards after
 preparation, each checkpoint after it is complete (its ``COMPLETE`` marker last), the export and the
 metrics at the end. A node that never saw the run (a replaced worker) pulls what it needs first.
+Inputs that are objects (teacher files) are read from a node-local copy (``local_copy``).
 
 Filesystems are pyarrow's (``pyarrow.fs.FileSystem.from_uri``), so the endpoint and credentials come
 from the usual environment (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
@@ -78,6 +79,61 @@ def exists(uri: str) -> bool:
 
     fs, path = filesystem(uri)
     return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def is_file(uri: str) -> bool:
+    """A file (an object) is there: a prefix holding other objects is not one."""
+    import pyarrow.fs as pafs
+
+    fs, path = filesystem(uri)
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
+INPUT_CACHE = "inputs"
+
+
+def cached_copy_path(uri: str) -> Path:
+    """Where this node keeps its copy of the object ``uri``: the URI spelled as a path under
+    ``$MAGDI_SCRATCH/inputs/`` (``s3://b/k.json`` -> ``inputs/s3/b/k.json``), so ``source_of`` can read
+    the URI back from the path and two URIs never share a copy."""
+    scheme, _, rest = uri.partition("://")
+    return scratch_root() / INPUT_CACHE / scheme / rest.strip("/")
+
+
+def source_of(path: str | os.PathLike[str]) -> str:
+    """The URI a ``local_copy`` was made from; any other path as it is."""
+    try:
+        scheme, *rest = Path(path).relative_to(scratch_root() / INPUT_CACHE).parts
+    except ValueError:
+        return str(path)
+    return f"{scheme}://{'/'.join(rest)}" if rest else str(path)
+
+
+def local_copy(uri: str) -> Path:
+    """The object ``uri`` as a file on this node (a local path is returned as it is), for readers that
+    need a file: downloaded once into ``cached_copy_path``, again when the object's size or modification
+    time changes (the copy carries the object's mtime). FileNotFoundError names ``uri`` when there is no
+    such object."""
+    import pyarrow.fs as pafs
+
+    if not is_uri(uri):
+        return Path(uri)
+    fs, path = filesystem(uri)
+    info = fs.get_file_info(path)
+    if info.type != pafs.FileType.File:
+        raise FileNotFoundError(f"no such object: {uri}")
+    target = cached_copy_path(uri)
+    mtime = info.mtime_ns
+    have = target.stat() if target.is_file() else None
+    if have is not None and have.st_size == info.size and (mtime is None or have.st_mtime_ns == mtime):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.part-{os.getpid()}")
+    pafs.copy_files(path, str(tmp), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    if mtime is not None:
+        os.utime(tmp, ns=(mtime, mtime))
+    os.replace(tmp, target)  # whole or not at all: a reader never sees half an object
+    return target
 
 
 def read_bytes(uri: str) -> bytes:

@@ -1,6 +1,7 @@
 """Runs stored in object storage (storage.py, launch/stage.py) against a real S3 server (moto):
 shards, checkpoints, run.json and the export land in the bucket; a run resumed on a "node" with an
-empty scratch disk ends with the weights of an uninterrupted run, bit for bit."""
+empty scratch disk prepares again without changing the manifest object and ends with the weights of
+an uninterrupted run, bit for bit."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-from launchers import REPO, SMALL, assert_same_run, clean_env, write_config
-from s3_server import objects, s3_server
+from launchers import REPO, assert_same_run, clean_env
+from s3_server import SMALL, objects, reference_run, s3_server
 
-from magdi_dist.config import durable_path
+from magdi_dist.config import durable_path, load_config, with_durable_outputs
+from magdi_dist.launch import stage
 
 pytestmark = pytest.mark.slow
 PREFIX = "runs/tiny/"
@@ -30,11 +33,12 @@ def _cli(env, *args, scratch):
                           timeout=900)
 
 
-def test_two_ranks_train_into_a_bucket_and_resume_on_a_fresh_node(tmp_path):
-    cfg = write_config(tmp_path / "small.yaml", {**SMALL, "train": {**SMALL["train"], "save_every": 2,
-                                                                     "output_dir": "tiny"}})
+def test_two_ranks_train_into_a_bucket_and_resume_on_a_fresh_node(tmp_path, tmp_path_factory):
+    # The shared test run, keeping 2 checkpoints here: pruning reaches the bucket too.
+    run_args = [*SMALL, "train.keep_last_k=2", "train.output_dir=tiny"]
     with s3_server(tmp_path / "s3") as env:
-        train = ["train", "--config", str(cfg), "--nproc-per-node", "2", "--storage", "s3://magdi/runs"]
+        train = ["train", "--config", "configs/tiny.yaml", "--nproc-per-node", "2", "--storage", "s3://magdi/runs",
+                 *run_args]
         first = _cli(env, *train, "train.stop_after=4", scratch=tmp_path / "node-a")
         assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-4000:]
         stored = objects(env, "magdi", PREFIX)
@@ -49,29 +53,39 @@ def test_two_ranks_train_into_a_bucket_and_resume_on_a_fresh_node(tmp_path):
         assert run["config"]["train"]["output_dir"] == "s3://magdi/runs/tiny"
         assert run["data"]["manifest"] == "s3://magdi/runs/tiny/shards/manifest.json"
         assert not (REPO / "s3:").exists() and not (REPO / "tiny").exists()  # nothing written locally
+        manifest = stored[f"{PREFIX}shards/manifest.json"]
 
-        # A second preparation leaves the manifest object as it was.
-        again = _cli(env, "preprocess", "--config", str(cfg), "--local", "--storage", "s3://magdi/runs",
-                     scratch=tmp_path / "node-b")
-        assert again.returncode == 0, again.stderr[-3000:]
-        assert objects(env, "magdi", f"{PREFIX}shards/manifest.json") == {
-            f"{PREFIX}shards/manifest.json": stored[f"{PREFIX}shards/manifest.json"]}
+        # What rank 1 pulls to resume on a node of its own: the newest complete checkpoint, and of the
+        # per-rank files only its own; a checkpoint the node holds complete but the bucket does not (its
+        # upload was cut off) is dropped, so no rank resumes from a step the others cannot find.
+        with pytest.MonkeyPatch.context() as mp:
+            for key, value in {**env, "MAGDI_SCRATCH": str(tmp_path / "node-b")}.items():
+                mp.setenv(key, value)
+            stored_cfg = with_durable_outputs(load_config(REPO / "configs" / "tiny.yaml", run_args), "s3://magdi/runs")
+            mirror = Path(stage.on_node(stored_cfg).train.output_dir)
+            (mirror / "checkpoints" / "step-000006").mkdir(parents=True)
+            (mirror / "checkpoints" / "step-000006" / "COMPLETE").write_text("{}")
+            got = {p.relative_to(mirror).as_posix() for p in stage.pull(stored_cfg, shards=False, rank=1)}
+        step4 = {n[len(PREFIX):] for n in names if n.startswith(f"{PREFIX}checkpoints/step-000004/")}
+        rank0 = {"checkpoints/step-000004/zero_pp_rank_0_mp_rank_00_optim_states.pt",
+                 "checkpoints/step-000004/rng_state_rank0.pt"}
+        assert rank0 <= step4 and got == (step4 - rank0) | {"metrics.jsonl"}
+        assert not (mirror / "checkpoints" / "step-000006").exists()
 
-        # The first node is gone with its disk; another one resumes from the bucket alone.
+        # The first node is gone with its disk; another one resumes from the bucket alone. It prepares
+        # the data again first (a second preparation, from what the bucket holds): nothing changes.
         shutil.rmtree(tmp_path / "node-a")
         second = _cli(env, *train, scratch=tmp_path / "node-c")
         assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-4000:]
-        assert "resumed from" in second.stdout + second.stderr
+        assert "resumed from" in second.stdout + second.stderr and "nothing to do" in second.stdout + second.stderr
         stored = objects(env, "magdi", PREFIX)
+        assert stored[f"{PREFIX}shards/manifest.json"] == manifest
         assert f"{PREFIX}export/model.safetensors" in stored
         assert sorted(n.split("/")[3] for n in stored if "/checkpoints/" in n and n.endswith("COMPLETE")) == [
             "step-000004", "step-000006"]  # keep_last_k=2: step 2 pruned from the bucket too
 
     # The same run, uninterrupted, on a local disk: the same weights and curve.
-    ref = tmp_path / "ref"
-    local = _cli({}, "train", "--config", str(cfg), "--nproc-per-node", "2", f"train.output_dir={ref}",
-                 scratch=tmp_path / "node-d")
-    assert local.returncode == 0, local.stderr[-3000:]
+    ref = reference_run(tmp_path_factory)
     downloaded = tmp_path / "downloaded"
     for name, data in stored.items():
         if name.startswith(f"{PREFIX}export/") or name == f"{PREFIX}metrics.jsonl":

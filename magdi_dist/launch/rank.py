@@ -46,7 +46,7 @@ def run_rank(spec: RunSpec, *, metrics_callback=None, on_checkpoint=None):
     node = spec_on_node(spec)
     stored = remote(spec.config)
     if stored:
-        pull(spec.config)  # the node's ranks take turns: the first transfers, the others find it there
+        pull(spec.config, rank=info.rank)  # the newest complete checkpoint, this rank's shards; one rank at a time
         push, then = checkpoint_pusher(spec.config.train.output_dir), on_checkpoint
 
         def on_checkpoint(path, state):
@@ -107,13 +107,14 @@ def main(argv: list[str] | None = None) -> int:
                 prepare_and_publish(spec, stored=cfg)
             barrier()
         spec = read_run(run_file)
+        from magdi_dist.data.shards import ShardIntegrityError
         from magdi_dist.train.checkpoint import CheckpointSpaceError
         from magdi_dist.train.loop import TrainingDiverged
 
         try:
             result = run_rank(spec)
-        except (CheckpointSpaceError, TrainingDiverged) as err:  # one line per rank, not a traceback each
-            print(f"error: rank {info.rank}: {err}", file=sys.stderr)
+        except (CheckpointSpaceError, TrainingDiverged, ShardIntegrityError) as err:
+            print(f"error: rank {info.rank}: {err}", file=sys.stderr)  # one line per rank, not a traceback each
             return 2
     if info.is_main:  # the line magdi-dist train prints for one rank (a stored run's export: in the store)
         stored = is_uri(spec.config.train.output_dir)

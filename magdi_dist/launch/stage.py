@@ -6,8 +6,10 @@ durable. Nothing but the store is shared between nodes:
 
 * the driver pulls what the store holds (shards, checkpoints, metrics) into its mirror, resolves the
   run there, prepares the shards and pushes them, and publishes ``run.json`` to the store;
-* each node pulls the shards and the checkpoints before training (a replaced node starts from an
-  empty scratch), its ranks taking turns (``node_turn``);
+* each rank pulls the shards and the newest complete checkpoint before training (a replaced node
+  starts from an empty scratch), and of that checkpoint's per-rank files only its own (``rank_files``):
+  DeepSpeed loads nothing else on resume; the ranks of a node take turns (``node_turn``), and a
+  checkpoint this node holds complete but the store does not is dropped (its upload never finished);
 * after each checkpoint, each node pushes the files its ranks wrote, then rank 0
   pushes ``COMPLETE`` (with every file's hash) last, so a node killed mid-upload leaves a checkpoint
   the store does not call complete; checkpoints pruned locally are deleted from the store;
@@ -23,6 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
+import shutil
 import time
 from pathlib import Path
 
@@ -33,6 +37,12 @@ from magdi_dist.storage import is_uri, join, local_mirror
 log = logging.getLogger("magdi_dist.train")
 CHECKPOINTS = "checkpoints"
 SMALL = 1 << 20  # always re-sent: manifests, unit records, markers, trainer states
+EVERY = 1 << 62  # as ``small``: every file sent, whatever the other side holds (an export rewritten in place)
+# A checkpoint file of one rank: ZeRO's optimizer shard (and under ZeRO-3 its parameter shard), any
+# precision prefix, and our RNG state. Everything else (ZeRO-1/2's mp_rank_00_model_states.pt, the
+# trainer state, COMPLETE) every rank reads.
+RANK_FILE = re.compile(r"(?:^|_)zero_pp_rank_(\d+)_|^rng_state_rank(\d+)\.pt$")
+STEP_DIR = re.compile(r"step-\d+")  # a checkpoint's folder (not one set aside as ``.corrupt``)
 
 
 def remote(cfg: MAGDiConfig) -> bool:
@@ -104,27 +114,66 @@ def node_turn(mirror: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def pull(stored: MAGDiConfig, *, shards: bool = True, checkpoints: bool = True) -> list[Path]:
-    """Bring this node's mirror up to date with the store (what is missing or of another size)."""
+def pull(stored: MAGDiConfig, *, shards: bool = True, checkpoints: bool = True, rank: int | None = None) -> list[Path]:
+    """Bring this node's mirror up to date with the store (what is missing or of another size).
+    ``rank``: what that training rank resumes from (the newest complete checkpoint, its own shards);
+    None: everything (a driver, which verifies every file of every checkpoint before it resumes)."""
     local = on_node(stored)
     started = time.perf_counter()
     with node_turn(Path(local.train.output_dir)):
-        got = _pull(stored, local, shards, checkpoints)
+        got = _pull(stored, local, shards, checkpoints, rank)
     if got:
         size = sum(p.stat().st_size for p in got)
         # print: this runs before the rank's logging is set up (train.loop)
-        print(f"[storage] pulled {len(got)} files ({size / 1e6:.1f} MB) from {stored.train.output_dir} in "
-              f"{time.perf_counter() - started:.1f}s", flush=True)
+        print(f"[storage] {'the driver' if rank is None else f'rank {rank}'} pulled {len(got)} files "
+              f"({size / 1e6:.1f} MB) from {stored.train.output_dir} in {time.perf_counter() - started:.1f}s",
+              flush=True)
     return got
 
 
-def _pull(stored: MAGDiConfig, local: MAGDiConfig, shards: bool, checkpoints: bool) -> list[Path]:
+def rank_files(names: list[str], rank: int) -> list[str]:
+    """The files of one checkpoint (names relative to it) that ``rank`` loads: the shared ones and its
+    own (``RANK_FILE``). DeepSpeed reads only its own rank's ZeRO shard unless
+    ``zero_optimization.elastic_checkpoint`` is on (legacy, off by default; refused by ZeRO-3)."""
+    own = []
+    for name in names:
+        match = RANK_FILE.search(name.rsplit("/", 1)[-1])
+        if match is None or int(match.group(1) or match.group(2)) == rank:
+            own.append(name)
+    return own
+
+
+def _checkpoint_files(uri: str, out: Path, rank: int | None) -> tuple[str, ...]:
+    """What of the store's checkpoints this pull takes (prefixes for ``pull_tree``), after dropping the
+    mirror's checkpoints the store does not hold complete: a marker written here whose upload was
+    cut off would otherwise be resumed from on this node and on no other."""
+    from magdi_dist.storage import list_files
+    from magdi_dist.train.checkpoint import MARKER
+
+    stored = list_files(join(uri, CHECKPOINTS))
+    complete = sorted(rel.split("/", 1)[0] for rel in stored if rel.count("/") == 1 and rel.endswith("/" + MARKER))
+    root = out / CHECKPOINTS
+    for step in sorted(root.iterdir()) if root.is_dir() else []:
+        if STEP_DIR.fullmatch(step.name) and (step / MARKER).is_file() and step.name not in complete:
+            log.warning("checkpoint %s is complete here but not in %s: dropped", step, uri)
+            shutil.rmtree(step)
+    if rank is None:
+        return (CHECKPOINTS + "/",)
+    if not complete:
+        return ()
+    newest = complete[-1]
+    names = [rel.split("/", 1)[1] for rel in stored if rel.startswith(newest + "/")]
+    return tuple(f"{CHECKPOINTS}/{newest}/{name}" for name in rank_files(names, rank))
+
+
+def _pull(stored: MAGDiConfig, local: MAGDiConfig, shards: bool, checkpoints: bool, rank: int | None) -> list[Path]:
     from magdi_dist.storage import pull_tree
 
     out, uri = Path(local.train.output_dir), stored.train.output_dir
     got = []
     if checkpoints:
-        got += [out / rel for rel in pull_tree(uri, out, only=(CHECKPOINTS + "/", "metrics.jsonl"), small=SMALL)]
+        only = (*_checkpoint_files(uri, out, rank), "metrics.jsonl")
+        got += [out / rel for rel in pull_tree(uri, out, only=only, small=SMALL)]
     if shards:
         shards_dir = Path(_shards_dir(local))
         got += [shards_dir / rel for rel in pull_tree(_shards_uri(stored), shards_dir, small=SMALL)]
@@ -161,6 +210,11 @@ def checkpoint_pusher(stored_output_dir: str):
         started = time.perf_counter()
         with node_turn(path.parent.parent):  # this node's files; a second rank here finds them sent
             sent = push_tree(path, target, skip=(MARKER,), small=SMALL)
+            # Its older checkpoints' files are in the store: a node other than rank 0's (whose loop
+            # prunes by train.keep_last_k, and which alone holds the markers) would keep them all.
+            for old in sorted(path.parent.iterdir()):
+                if STEP_DIR.fullmatch(old.name) and old.name < path.name and not (old / MARKER).exists():
+                    shutil.rmtree(old, ignore_errors=True)
         barrier()
         if rank == 0:
             push_tree(path, target, small=SMALL, last=(MARKER,))  # the marker last: now it is complete
@@ -181,8 +235,8 @@ def push_results(local_output_dir: Path, stored_output_dir: str) -> None:
     """Rank 0 at the end: the export and what the run logged."""
     from magdi_dist.storage import push_tree
 
-    if (local_output_dir / "export").is_dir():
-        push_tree(local_output_dir / "export", join(stored_output_dir, "export"), small=SMALL)
+    if (local_output_dir / "export").is_dir():  # every file: a re-run's weights have the old ones' sizes
+        push_tree(local_output_dir / "export", join(stored_output_dir, "export"), small=EVERY)
     push_tree(local_output_dir, stored_output_dir, small=SMALL, skip=(CHECKPOINTS, "shards", "export"))
 
 
@@ -211,3 +265,50 @@ def prepare(cfg: MAGDiConfig, *, engine: str = "local", address: str | None = No
                           log=log or print_log)
     push_shards(cfg)
     return report, join(_shards_uri(cfg), "manifest.json")
+
+
+# --- a study's driver: its cells are stored runs -------------------------------------------------
+
+
+def here(folder: str) -> Path:
+    """This node's folder for a run or study folder: the mirror of a stored one (a URI), else itself."""
+    return local_mirror(folder) if is_uri(folder) else Path(folder)
+
+
+def pull_export(stored: MAGDiConfig) -> Path:
+    """A finished stored run's export and ``metrics.jsonl`` in this node's mirror (where the driver
+    evaluates and registers it: rank 0 ran elsewhere); the export's every file, since a re-run's have
+    the old ones' sizes. Returns the export folder."""
+    from magdi_dist.storage import pull_tree
+
+    out = here(stored.train.output_dir)
+    with node_turn(out):
+        pull_tree(join(stored.train.output_dir, "export"), out / "export", small=EVERY)
+        pull_tree(stored.train.output_dir, out, only=("metrics.jsonl",), small=EVERY)
+    return out / "export"
+
+
+def stored_checkpoint(stored: MAGDiConfig, path: str | None) -> str | None:
+    """A checkpoint a rank reported (a path in its node's mirror) named where it lies in the store."""
+    if path is None or not remote(stored):
+        return path
+    return join(stored.train.output_dir, CHECKPOINTS, Path(path).name)
+
+
+def push_folder(local: Path, uri: str) -> list[str]:
+    """A study's own files (summary, curve, fit, held-out questions) into its stored folder; every
+    file, since they are rewritten in place."""
+    from magdi_dist.storage import push_tree
+
+    return push_tree(local, uri, small=EVERY) if is_uri(uri) else []
+
+
+def push_driver_files(stored: MAGDiConfig) -> list[str]:
+    """What a driver wrote into a stored run's mirror (a study's evaluation of it, its result file)
+    into the store; not the export it pulled, nor checkpoints or shards."""
+    from magdi_dist.storage import push_tree
+
+    if not remote(stored):
+        return []
+    return push_tree(here(stored.train.output_dir), stored.train.output_dir, small=SMALL,
+                     skip=(CHECKPOINTS, "shards", "export"))

@@ -22,7 +22,7 @@ from typing import Any
 from magdi_dist.config import PreprocessConfig
 from magdi_dist.preprocess import fingerprint as fp
 from magdi_dist.preprocess.featurize import FeatureSpec, feature_dim, load_feature_model, load_tokenizer
-from magdi_dist.preprocess.inputs import PIPELINE_VERSION, content_fields, expand_inputs
+from magdi_dist.preprocess.inputs import PIPELINE_VERSION, content_fields, expand_inputs, source_of
 from magdi_dist.preprocess.manifest import (
     SHARD_SCHEMA_VERSION,
     build_manifest,
@@ -193,7 +193,8 @@ def _run(settings: dict[str, Any], spec: FeatureSpec, split: dict[str, Any], eng
     inputs = []
     for path in expand_inputs(settings["inputs"]):
         sha = fp.sha256_file(path)
-        inputs.append((str(path), path.name, sha, fp.unit_key(sha, path.name, head["fingerprint"])))
+        # An object's copy is named by its URI: the manifest's name for it, and what a Ray task reads.
+        inputs.append((source_of(path), path.name, sha, fp.unit_key(sha, path.name, head["fingerprint"])))
     report = PreprocessReport(manifest=manifest_path(out_dir))
     records = {key: rec for *_, key in inputs if (rec := load_unit_record(out_dir, key)) is not None}
     pending: dict[str, dict] = {}

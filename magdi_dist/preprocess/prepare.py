@@ -17,7 +17,7 @@ from magdi_dist.config import ConfigError, MAGDiConfig, PreprocessConfig
 from magdi_dist.model.sources import checkpoint_dir
 from magdi_dist.preprocess.featurize import FeatureSpec, feature_spec_from_config
 from magdi_dist.preprocess.fingerprint import sha256_file, sha256_json
-from magdi_dist.preprocess.inputs import expand_inputs
+from magdi_dist.preprocess.inputs import expand_inputs, missing_inputs
 from magdi_dist.preprocess.pipeline import Log, PreprocessReport, print_log, run_preprocess
 
 TOKENIZER_DIR = "tokenizer"
@@ -31,7 +31,7 @@ def shards_dir(cfg: MAGDiConfig) -> Path:
 def check_inputs(cfg: MAGDiConfig) -> None:
     """Every teacher file of ``data.paths`` exists here, or a ConfigError names the key and the files
     (before anything is written)."""
-    missing = [p for p in cfg.data.paths if not Path(p).is_file()]
+    missing = missing_inputs(cfg.data.paths)  # objects too (s3://...)
     if missing:
         raise ConfigError(f"data.paths: data file not found: {', '.join(missing)}")
 

@@ -32,6 +32,7 @@ from magdi_dist.preprocess.featurize import (
     load_feature_model,
     load_tokenizer,
 )
+from magdi_dist.preprocess.inputs import input_file
 from magdi_dist.preprocess.manifest import REJECTS, SHARDS, rejects_name, shard_name
 from magdi_dist.preprocess.shard_io import atomic_write_jsonl, shard_summary, sort_rows, write_shard
 
@@ -80,7 +81,7 @@ def parse_unit(unit: dict[str, Any], *, settings: dict[str, Any]) -> list[dict[s
     records_in = 0
     patterns = tuple(settings["clean_patterns"])
     cleaning = CleanStats()
-    for item in iter_items(unit["path"], format=settings["format"], task=settings["task"]):
+    for item in iter_items(input_file(unit["path"]), format=settings["format"], task=settings["task"]):
         records_in += 1
         if isinstance(item, MAG):
             if patterns:  # before rows, features and the split see the text

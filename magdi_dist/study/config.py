@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from magdi_dist.config import CONFIG_DIR, ConfigError, MAGDiConfig, durable_path, load_config, load_yaml_config
 from magdi_dist.eval.config import EvalSettings
+from magdi_dist.storage import join
 
 
 class _Section(BaseModel):
@@ -192,7 +193,7 @@ class StudyConfig(_Section):
             items["train.lr"] = cell.lr
         if cell.seed is not None:  # the training seed only: shards and held-out split stay the study's
             items["train.seed"] = cell.seed
-        items["train.output_dir"] = str(Path(self.output_dir) / "cells" / cell.name)
+        items["train.output_dir"] = join(self.output_dir, "cells", cell.name)  # a path, or a URI
         overrides = [f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
                      for key, value in items.items()]
         try:

@@ -66,6 +66,11 @@ def format_summary(summary: dict) -> str:
     for c in summary["cells"]:
         if c["status"] == "failed":
             console.print(f"[red]cell {c['cell']} failed:[/red] {c['error']}")
+        elif c.get("tracking_error"):  # trained and evaluated; MLflow lacks part of it until a re-run
+            console.print(f"[red]cell {c['cell']} not tracked (re-run the study to repair):[/red] "
+                          f"{c['tracking_error']}")
+    if summary.get("tracking_error"):
+        console.print(f"[red]study not tracked (re-run the study to repair):[/red] {summary['tracking_error']}")
     return buf.getvalue()
 
 

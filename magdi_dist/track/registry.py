@@ -3,7 +3,10 @@
 What gets logged is the *exported* HF directory only (config, tokenizer, safetensors weights, the
 graph encoder). Files are copied through an allowlist, so a DeepSpeed ZeRO checkpoint that happens
 to sit in the same folder (``global_step*/``, ``*.pt``, ``latest``, ``zero_to_fp32.py``) can never be
-uploaded; the checkpoint location is recorded as a tag instead.
+uploaded; the checkpoint location is recorded as a tag instead. An export in object storage (a stored
+run's ``s3://.../export``) is fetched into a temporary folder first and logged like a local one; where
+the artifacts go is the tracking store's business (an ``s3://`` artifact root: the same bucket, with
+``MLFLOW_S3_ENDPOINT_URL`` for a non-AWS endpoint).
 
 The model is logged from code (MLflow "models from code"): ``python_model`` is the path of
 ``student_code.py``, which MLflow copies into the model and runs at load time, instead of a pickled
@@ -28,6 +31,7 @@ from pathlib import Path
 import mlflow
 from mlflow.entities.model_registry import ModelVersion
 
+from magdi_dist.storage import is_uri
 from magdi_dist.track.pyfunc_student import ARTIFACT_KEY, DEFAULT_MAX_NEW_TOKENS
 from magdi_dist.track.store import client_for, use_tracking
 
@@ -83,6 +87,17 @@ def stage_export(export_dir: str | os.PathLike, dest: str | os.PathLike) -> list
     return kept
 
 
+def _fetched(export_dir: str | os.PathLike, into: Path) -> Path:
+    """A local folder holding the export: itself, or (a URI) its files downloaded into ``into``."""
+    if not is_uri(export_dir):
+        return Path(export_dir)
+    from magdi_dist.storage import pull_tree
+
+    if not pull_tree(str(export_dir), into):
+        raise FileNotFoundError(f"{export_dir}: no exported student there (no files)")
+    return into
+
+
 def input_example(max_new_tokens: int) -> tuple[list[str], dict[str, int]]:
     """The logged ``(input, params)`` example. MLflow builds the signature from ``predict``'s type
     hints (a string column in and out) and the params schema from this example: ``max_new_tokens``,
@@ -106,7 +121,8 @@ def log_student(
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     registry_uri: str | None = None,
 ) -> ModelVersion | None:
-    """Log ``export_dir`` as a pyfunc model of cell run ``run_id`` and register a new version.
+    """Log ``export_dir`` (a folder, or a URI in object storage) as a pyfunc model of cell run ``run_id``
+    and register a new version.
 
     Version tags: ``study``, ``cell``, ``data_hash``, ``checkpoint``, ``metric.<k>`` for each of
     ``metrics`` and ``metric_name``/``metric_value`` for ``primary_metric``; :func:`set_champion`
@@ -131,7 +147,7 @@ def log_student(
     package_dir = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory(prefix="magdi-student-") as tmp, use_tracking(tracking_uri, registry_uri):
         staged = Path(tmp) / "student"
-        stage_export(export_dir, staged)
+        stage_export(_fetched(export_dir, Path(tmp) / "export"), staged)
         prev_status = client.get_run(run_id).info.status
         active = mlflow.active_run()
         # The fluent API is the only one that logs a model; it needs the run active so the

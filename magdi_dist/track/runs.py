@@ -17,17 +17,20 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import subprocess
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Run, RunStatus, RunTag
+from mlflow.entities import Run, RunStatus, RunTag
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID
 
-from magdi_dist.track.metrics import MetricsLogger, now_ms
+from magdi_dist.track.metrics import MetricsLogger, log_missing
 from magdi_dist.track.params import flatten_config, log_params_batched, to_params
 from magdi_dist.track.store import client_for
+
+log = logging.getLogger(__name__)
 
 TAG_STUDY = "magdi.study"
 TAG_CELL = "magdi.cell"
@@ -153,6 +156,8 @@ def start_study_run(
         )
         if found is not None:
             client.update_run(found.info.run_id, status="RUNNING")
+            if not found.data.params and config:  # created, then the server went away
+                _log_config(client, found.info.run_id, config, {})
             return found.info.run_id
     tags = {TAG_ROLE: "study", TAG_STUDY: study, TAG_CONFIG_DIGEST: chash, **_git_tags()}
     run = client.create_run(experiment_id, tags=tags, run_name=study)
@@ -173,8 +178,10 @@ def start_cell_run(
 ) -> str | None:
     """Child run of one cell, nested under ``parent_run_id`` via the ``mlflow.parentRunId`` tag.
 
-    ``resume_run_id`` (the id saved in the trainer checkpoint) reopens that run after a restart
-    instead of creating a second run for the same cell.
+    ``resume_run_id`` (the id saved in the trainer checkpoint) reopens that run after a restart. Else
+    the cell's latest unfinished run under the same parent with the same config (crashed, failed, or
+    left RUNNING by a tracking outage) is adopted: a re-run continues its curve instead of opening a
+    second run beside an orphan.
     """
     if rank != 0:
         return None
@@ -183,12 +190,25 @@ def start_cell_run(
         client.update_run(resume_run_id, status="RUNNING")
         return resume_run_id
     experiment_id = client.get_run(parent_run_id).info.experiment_id
+    digest = resolved_config_digest(config)
+    found = _search(client, experiment_id, [
+        f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_run_id}'",
+        f"tags.`{TAG_ROLE}` = 'cell'",
+        f"tags.`{TAG_CELL}` = {_literal(cell)}",
+        f"tags.`{TAG_CONFIG_DIGEST}` = '{digest}'",
+        "attributes.status != 'FINISHED'",
+    ])
+    if found is not None:
+        client.update_run(found.info.run_id, status="RUNNING")
+        if not found.data.params:  # created, then the server went away before its config was logged
+            _log_config(client, found.info.run_id, config, {})
+        return found.info.run_id
     all_tags = {
         MLFLOW_PARENT_RUN_ID: parent_run_id,
         TAG_ROLE: "cell",
         TAG_STUDY: study,
         TAG_CELL: cell,
-        TAG_CONFIG_DIGEST: resolved_config_digest(config),
+        TAG_CONFIG_DIGEST: digest,
         **_git_tags(),
         **{k: str(v) for k, v in (tags or {}).items()},
     }
@@ -210,7 +230,8 @@ def log_cell_result(
     checkpoint_dir: str | None = None,
     step: int = 0,
 ) -> None:
-    """Final numbers of a cell, in one ``log_batch``: eval metrics plus size/compute/time.
+    """Final numbers of a cell at ``step``: eval metrics plus size/compute/time, each logged once (a
+    repair after a tracking failure sends only the ones the run lacks).
 
     Parameter count, FLOPs and wall time are metrics (not params) so they sort and plot numerically.
     The checkpoint location is only a tag: ZeRO shards never go into MLflow.
@@ -221,14 +242,14 @@ def log_cell_result(
     for key, value in (("param_count", param_count), ("train_flops", train_flops), ("wall_time_s", wall_time_s)):
         if value is not None:
             values[key] = float(value)
-    ts = now_ms()
-    metrics = [Metric(k, v, ts, step) for k, v in sorted(values.items())]
     tags = []
     if data_hash:
         tags.append(RunTag(TAG_DATA_HASH, data_hash))
     if checkpoint_dir:
         tags.append(RunTag(TAG_CHECKPOINT, str(checkpoint_dir)))
-    client_for(tracking_uri).log_batch(run_id, metrics=metrics, tags=tags)
+    if tags:
+        client_for(tracking_uri).log_batch(run_id, tags=tags)
+    log_missing(tracking_uri, run_id, [(step, values)])
 
 
 def finish_run(tracking_uri: str, run_id: str | None, *, rank: int, status: str = "FINISHED") -> None:
@@ -258,7 +279,10 @@ def cell_run(
     try:
         yield run_id
     except BaseException:
-        finish_run(tracking_uri, run_id, rank=rank, status="FAILED")
+        try:
+            finish_run(tracking_uri, run_id, rank=rank, status="FAILED")
+        except Exception:  # the server is gone too: the body's error is the one to see
+            log.exception("could not mark run %s FAILED", run_id)
         raise
     finish_run(tracking_uri, run_id, rank=rank, status="FINISHED")
 
