@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from types import ModuleType
 
 FIGURES = ("padding", "step_overhead", "mfu", "data_path", "checkpoint", "zero_memory", "preprocessing", "peers")
-EXPERIMENTS = ("zero3_1b", "lm_passes", "debate_throughput", "peer_head", "eval_throughput")
+EXPERIMENTS = ("zero3_1b", "lm_passes", "debate_throughput", "peer_head", "eval_throughput", "object_storage",
+               "checkpoint_verify")
 PROTOCOL = ("NAME", "run", "rows", "details")
 
 

@@ -1,6 +1,11 @@
 """Checkpoints that prove themselves (train/checkpoint.py, launch/resolve.py) and a run that stops
 when its loss diverges, with real DeepSpeed files damaged on disk and real ``magdi-dist train``
-processes."""
+processes.
+
+The six trainings are independent but for one base run, and each is one single-threaded process
+dominated by its start-up, so they run side by side (the suite's machine has 2 cores): the base run
+with the diverging one, then the four runs on damaged copies or small disks at once. Each test then
+reads its run's outcome."""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from launchers import REPO, SMALL, clean_env, write_config
@@ -17,10 +23,35 @@ from magdi_dist.train.checkpoint import MARKER, complete_checkpoints, verify
 pytestmark = pytest.mark.slow
 
 
-def _train(cfg, *overrides):
-    return subprocess.run([sys.executable, "-m", "magdi_dist.cli", "train", "--config", str(cfg), *overrides],
-                          cwd=REPO, env={**clean_env(), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                          timeout=600)
+def _start(cfg: Path, logs: Path, *overrides: str) -> subprocess.Popen:
+    """``magdi-dist train`` in the background, stdout and stderr into files beside ``logs`` (pipes
+    left unread while another run is waited for would fill and stall it)."""
+    out, err = logs.with_suffix(".out").open("w"), logs.with_suffix(".err").open("w")
+    with out, err:
+        return subprocess.Popen([sys.executable, "-m", "magdi_dist.cli", "train", "--config", str(cfg), *overrides],
+                                cwd=REPO, env={**clean_env(), "OMP_NUM_THREADS": "1"}, stdout=out, stderr=err,
+                                text=True)
+
+
+def _stop(procs) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _wait(proc: subprocess.Popen, logs: Path) -> subprocess.CompletedProcess:
+    try:
+        proc.wait(timeout=900)
+    finally:
+        _stop([proc])
+    return subprocess.CompletedProcess(proc.args, proc.returncode, logs.with_suffix(".out").read_text(),
+                                       logs.with_suffix(".err").read_text())
+
+
+def _config(path: Path, out: Path, **train) -> Path:
+    return write_config(path, {**SMALL, "train": {**SMALL["train"], "save_every": 2, "log_every": 1,
+                                                  "output_dir": str(out), **train}})
 
 
 def _model_states(ckpt):
@@ -28,42 +59,87 @@ def _model_states(ckpt):
     return states
 
 
+def _du(path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _mount_tmpfs(mount: Path, size: int) -> str | None:
+    """A real small filesystem at ``mount`` (needs root); why not, when it cannot be mounted."""
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    return None if done.returncode == 0 else f"cannot mount a tmpfs here: {done.stderr.strip()}"
+
+
 @pytest.fixture(scope="module")
-def _stopped(tmp_path_factory):
-    """A run stopped after step 4 with complete checkpoints at steps 2 and 4 (trained once)."""
-    root = tmp_path_factory.mktemp("stopped")
-    out = root / "run"
-    cfg = write_config(root / "c.yaml", {**SMALL, "train": {**SMALL["train"], "save_every": 2,
-                                                             "log_every": 1, "output_dir": str(out)}})
-    proc = _train(cfg, "train.stop_after=4")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert [p.name for p in complete_checkpoints(out)] == ["step-000002", "step-000004"]
-    return out
+def runs(tmp_path_factory):
+    """Every run of the module, with what was done to its files before it started."""
+    root = tmp_path_factory.mktemp("faults")
+    base, diverged = root / "base", root / "diverged"
+    # Round 1: a run stopped after step 4 with complete checkpoints at steps 2 and 4; beside it, a run
+    # whose loss diverges.
+    first = {"base": _start(_config(root / "base.yaml", base), root / "base", "train.stop_after=4"),
+             "diverged": _start(_config(root / "diverged.yaml", diverged, lr=1e30, warmup_steps=0),
+                                root / "diverged")}
+    try:
+        done = {name: _wait(proc, root / name) for name, proc in first.items()}
+    finally:
+        _stop(first.values())
+    assert done["base"].returncode == 0, done["base"].stderr[-3000:]
+    assert [p.name for p in complete_checkpoints(base)] == ["step-000002", "step-000004"]
+    found = {"diverged": {"proc": done["diverged"], "out": diverged}}
+
+    # Round 2: four runs, each on its own copy of the base run or on a disk too small for it.
+    ckpt = _du(base / "checkpoints" / "step-000002")
+    rest = _du(base) - _du(base / "checkpoints")  # the shards and logs: what a run writes besides checkpoints
+    second: dict[str, subprocess.Popen] = {}
+    mounts = []
+    try:
+        for name in ("bit_flip", "no_intact"):
+            out = root / name
+            shutil.copytree(base, out)
+            found[name] = {"out": out, "cfg": _config(root / f"{name}.yaml", out)}
+            if name == "bit_flip":
+                newest = out / "checkpoints" / "step-000004"
+                states = _model_states(newest)
+                found[name].update(marker=json.loads((newest / MARKER).read_text()), intact=verify(newest),
+                                   states=states)
+                data = bytearray(states.read_bytes())
+                data[len(data) // 2] ^= 0xFF  # one flipped byte inside a tensor: the file still loads
+                states.write_bytes(bytes(data))
+                found[name].update(sizes_only=verify(newest, hashes=False), hashed=verify(newest))
+            else:
+                for c in complete_checkpoints(out):
+                    states = _model_states(c)
+                    states.write_bytes(states.read_bytes()[:1000])  # truncated
+            second[name] = _start(found[name]["cfg"], root / name)
+        # Room for everything but half a checkpoint: the first save runs out of space while writing.
+        # Room for one checkpoint and a half: the second save cannot fit and is refused before writing.
+        for name, size in (("full_disk", rest + ckpt // 2), ("cannot_fit", rest + ckpt + ckpt // 2)):
+            disk = root / f"disk_{name}"
+            skip = _mount_tmpfs(disk, size)
+            found[name] = {"skip": skip, "out": disk / "run"}
+            if skip is None:
+                mounts.append(disk)
+                second[name] = _start(_config(root / f"{name}.yaml", base), root / name,
+                                      f"train.output_dir={disk / 'run'}")
+        for name, proc in second.items():
+            found[name]["proc"] = _wait(proc, root / name)
+        yield found
+    finally:
+        _stop(second.values())
+        for disk in mounts:
+            subprocess.run(["umount", str(disk)], capture_output=True)
 
 
-@pytest.fixture()
-def stopped_run(_stopped, tmp_path):
-    """A copy of that run for this test to damage, with a config that names the copy."""
-    out = tmp_path / "run"
-    shutil.copytree(_stopped, out)
-    cfg = write_config(tmp_path / "c.yaml", {**SMALL, "train": {**SMALL["train"], "save_every": 2,
-                                                                 "log_every": 1, "output_dir": str(out)}})
-    return cfg, out
+def test_a_bit_flip_is_caught_and_the_previous_checkpoint_taken(runs):
+    run = runs["bit_flip"]
+    out, newest = run["out"], run["out"] / "checkpoints" / "step-000004"
+    assert run["marker"]["step"] == 4 and any(name.endswith("model_states.pt") for name in run["marker"]["files"])
+    assert run["intact"] == []
+    assert run["sizes_only"] == [] and "sha256" in run["hashed"][0]  # only the hash sees the flipped byte
 
-
-def test_a_bit_flip_is_caught_and_the_previous_checkpoint_taken(stopped_run):
-    cfg, out = stopped_run
-    newest = out / "checkpoints" / "step-000004"
-    marker = json.loads((newest / MARKER).read_text())
-    assert marker["step"] == 4 and any(name.endswith("model_states.pt") for name in marker["files"])
-    assert verify(newest) == []
-    states = _model_states(newest)
-    data = bytearray(states.read_bytes())
-    data[len(data) // 2] ^= 0xFF  # one flipped byte inside a tensor: the file still loads
-    states.write_bytes(bytes(data))
-    assert verify(newest, hashes=False) == [] and "sha256" in verify(newest)[0]
-
-    proc = _train(cfg)
+    proc, states = run["proc"], run["states"]
     assert proc.returncode == 0, proc.stderr[-3000:]
     said = proc.stdout + proc.stderr
     assert f"checkpoint {newest} is corrupt" in said and str(states) in said
@@ -73,12 +149,8 @@ def test_a_bit_flip_is_caught_and_the_previous_checkpoint_taken(stopped_run):
     assert (out / "export" / "model.safetensors").is_file()
 
 
-def test_no_intact_checkpoint_left_stops_with_exit_2(stopped_run):
-    cfg, out = stopped_run
-    for ckpt in complete_checkpoints(out):
-        states = _model_states(ckpt)
-        states.write_bytes(states.read_bytes()[:1000])  # truncated
-    proc = _train(cfg)
+def test_no_intact_checkpoint_left_stops_with_exit_2(runs):
+    proc, out = runs["no_intact"]["proc"], runs["no_intact"]["out"]
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "every complete checkpoint" in proc.stderr and "failed verification" in proc.stderr
     assert "bytes, " in proc.stdout and "were written" in proc.stdout  # each file named, with its sizes
@@ -86,59 +158,30 @@ def test_no_intact_checkpoint_left_stops_with_exit_2(stopped_run):
     assert not (out / "export").exists()
 
 
-def _du(path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+def _disk_run(runs, name):
+    if runs[name]["skip"]:
+        pytest.skip(runs[name]["skip"])
+    return runs[name]["proc"], runs[name]["out"]
 
 
-@pytest.fixture()
-def tmpfs(tmp_path):
-    """A real small filesystem: a tmpfs mounted under the test's temp dir (needs root), unmounted after."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-
-    def mounted(size: int):
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)],
-                              capture_output=True, text=True)
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-        return mount
-
-    yield mounted
-    subprocess.run(["umount", str(mount)], capture_output=True)
-
-
-def test_a_full_disk_is_named_and_leaves_no_partial_checkpoint(stopped_run, tmpfs, tmp_path):
-    cfg, out = stopped_run  # measured on a roomy disk: the shards and one checkpoint take this much
-    ckpt = _du(out / "checkpoints" / "step-000002")
-    rest = _du(out) - _du(out / "checkpoints")
-    # Room for everything but half a checkpoint: the first save runs out of space while writing.
-    disk = tmpfs(rest + ckpt // 2)
-    run = disk / "run"
-    proc = _train(cfg, f"train.output_dir={run}")
+def test_a_full_disk_is_named_and_leaves_no_partial_checkpoint(runs):
+    proc, run = _disk_run(runs, "full_disk")
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert f"no space left on {run / 'checkpoints'} while writing checkpoint step-000002" in proc.stderr
     assert "the partial checkpoint was removed" in proc.stderr and "Traceback" not in proc.stderr
     assert not (run / "checkpoints" / "step-000002").exists() and complete_checkpoints(run) == []
 
 
-def test_a_save_that_cannot_fit_is_refused_before_writing(stopped_run, tmpfs):
-    cfg, out = stopped_run
-    ckpt = _du(out / "checkpoints" / "step-000002")
-    rest = _du(out) - _du(out / "checkpoints")
-    disk = tmpfs(rest + ckpt + ckpt // 2)  # one checkpoint fits, a second one does not
-    run = disk / "run"
-    proc = _train(cfg, f"train.output_dir={run}")
+def test_a_save_that_cannot_fit_is_refused_before_writing(runs):
+    proc, run = _disk_run(runs, "cannot_fit")
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert f"no space left on {run / 'checkpoints'} for checkpoint step-000004: need ~" in proc.stderr
     assert "(the size of step-000002)" in proc.stderr
     assert [p.name for p in complete_checkpoints(run)] == ["step-000002"]  # intact, resumable
 
 
-def test_a_diverging_loss_stops_the_run_before_a_checkpoint_or_export(tmp_path):
-    out = tmp_path / "run"
-    cfg = write_config(tmp_path / "c.yaml", {**SMALL, "train": {**SMALL["train"], "save_every": 2, "lr": 1e30,
-                                                                 "warmup_steps": 0, "output_dir": str(out)}})
-    proc = _train(cfg)
+def test_a_diverging_loss_stops_the_run_before_a_checkpoint_or_export(runs):
+    proc, out = runs["diverged"]["proc"], runs["diverged"]["out"]
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "loss = nan" in proc.stderr.replace("inf", "nan") and "Traceback" not in proc.stderr
     assert not (out / "export").exists() and complete_checkpoints(out) == []

@@ -30,10 +30,10 @@ import time
 from pathlib import Path
 
 import pytest
-from debate_fixtures import MODEL, model_dir, serve  # noqa: F401
+from debate_fixtures import MODEL, model_dir  # noqa: F401
 from test_eval_support import tiny_student
 
-from benchmarks.serving import SAMPLING_EXTRA_BODY, start_transformers_serve
+from benchmarks.serving import SAMPLING_EXTRA_BODY, free_port, launch_transformers_serve
 from magdi_dist.eval.remote import LOG_DIR, PromptMismatch
 from magdi_dist.recipes.evaluate import EvalConfig, evaluate
 
@@ -53,13 +53,30 @@ def gsm8k(shared_data) -> Path:
     return shared_data / "benchmarks" / "gsm8k" / "test.jsonl"
 
 
-@pytest.fixture(scope="module")
-def tiny_server(student, tmp_path_factory):
-    server = start_transformers_serve(student, tmp_path_factory.mktemp("serve-tiny"), name="tiny", threads=1)
+@pytest.fixture(scope="module", autouse=True)
+def servers(model_dir, tmp_path_factory, request):  # noqa: F811
+    """The module's three servers (SmolLM2's, then two of the tiny student), launched before its first
+    test: each start-up is one core importing and loading for many seconds, so they overlap with each
+    other, with the tiny student's training and with the tests that run meanwhile. A test waits only
+    for the servers it uses."""
+    launched = {}
     try:
-        yield server
+        # One intra-op thread, as every process of the suite (tests/debate_fixtures.py says why).
+        launched["smollm2"] = launch_transformers_serve(model_dir, tmp_path_factory.mktemp("serve-smollm2"),
+                                                        name=MODEL, threads=1)
+        student = request.getfixturevalue("student")
+        for key in ("tiny", "tiny2"):
+            launched[key] = launch_transformers_serve(student, tmp_path_factory.mktemp(f"serve-{key}"), name="tiny",
+                                                      threads=1)
+        yield launched
     finally:
-        server.stop()
+        for server in launched.values():
+            server.stop()
+
+
+@pytest.fixture(scope="module")
+def tiny_server(servers):
+    return servers["tiny"].wait_ready()
 
 
 @pytest.fixture(scope="module")
@@ -133,17 +150,14 @@ def test_killed_remote_evaluation_asks_only_what_is_missing_and_equals_local(stu
     assert again["requests"] == {"asked": 0, "reused": N, "failed": 0} and tiny_server.answered() == answered
 
 
-def test_two_endpoints_share_the_requests(student, gsm8k, tiny_server, local, tmp_path):
-    other = start_transformers_serve(student, tmp_path / "serve2", name="tiny", threads=1)
-    try:
-        before = (tiny_server.answered(), other.answered())
-        summary = evaluate(EvalConfig(model=str(student), served_model="tiny",
-                                      base_url=[tiny_server.base_url, other.base_url], data=str(gsm8k), limit=N,
-                                      max_new_tokens=TOKENS, out=str(tmp_path / "out"), progress=False,
-                                      max_concurrency=1))
-        served = (tiny_server.answered() - before[0], other.answered() - before[1])
-    finally:
-        other.stop()
+def test_two_endpoints_share_the_requests(student, gsm8k, tiny_server, servers, local, tmp_path):
+    other = servers["tiny2"].wait_ready()
+    before = (tiny_server.answered(), other.answered())
+    summary = evaluate(EvalConfig(model=str(student), served_model="tiny",
+                                  base_url=[tiny_server.base_url, other.base_url], data=str(gsm8k), limit=N,
+                                  max_new_tokens=TOKENS, out=str(tmp_path / "out"), progress=False,
+                                  max_concurrency=1))
+    served = (tiny_server.answered() - before[0], other.answered() - before[1])
     assert sum(served) == N and min(served) >= 1, served
     endpoints = {json.loads(line)["endpoint"] for line in (tmp_path / "out" / LOG_DIR / "turns.jsonl").open()}
     assert endpoints == {tiny_server.base_url, other.base_url}
@@ -163,12 +177,8 @@ def test_self_consistency_samples_through_the_server(student, gsm8k, tiny_server
 
 
 @pytest.fixture(scope="module")
-def smollm2_server(model_dir, tmp_path_factory):  # noqa: F811
-    server = serve(model_dir, tmp_path_factory.mktemp("serve-smollm2"))
-    try:
-        yield server
-    finally:
-        server.stop()
+def smollm2_server(servers):
+    return servers["smollm2"].wait_ready()
 
 
 def test_chat_student_through_the_chat_endpoint_equals_local(model_dir, gsm8k, smollm2_server, tmp_path):  # noqa: F811
@@ -190,8 +200,6 @@ def test_a_server_reading_another_prompt_is_refused(student, gsm8k, smollm2_serv
 
 
 def test_an_endpoint_that_never_answers_leaves_the_evaluation_incomplete(student, gsm8k, tmp_path):
-    from benchmarks.serving import free_port
-
     dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there: every attempt is refused
     proc = _cli("--model", str(student), "--base-url", dead, "--data", str(gsm8k), "--limit", "2",
                 "--max-retries", "1", "--backoff-initial-s", "0.01", "--max-concurrency", "1", "--out", str(tmp_path),
@@ -206,8 +214,6 @@ def test_an_endpoint_that_never_answers_leaves_the_evaluation_incomplete(student
 
 
 def test_a_dead_endpoints_request_goes_to_a_live_one(student, gsm8k, tiny_server, tmp_path):
-    from benchmarks.serving import free_port
-
     dead = f"http://127.0.0.1:{free_port()}/v1"
     summary = evaluate(EvalConfig(model=str(student), served_model="tiny", base_url=[dead, tiny_server.base_url],
                                   data=str(gsm8k), limit=3, max_new_tokens=8, out=str(tmp_path), progress=False,

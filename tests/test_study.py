@@ -10,23 +10,14 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from mlflow_server import mlflow_globals_restored, running_mlflow_server
+from study_setup import study_file
 
 from magdi_dist.config import ConfigError
 from magdi_dist.study.config import load_study
-from magdi_dist.study.demo import write_demo_study
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK_CELLS = ["1m-magdi-lr0.003", "1m-magdi-lr0.01", "5m-magdi"]
-
-
-def _study_file(tmp_path: Path, **changes) -> Path:
-    path = write_demo_study(tmp_path / "study", quick=True)
-    tree = yaml.safe_load(path.read_text())
-    tree.update(changes)
-    path.write_text(yaml.safe_dump(tree))
-    return path
 
 
 @pytest.mark.parametrize(
@@ -45,14 +36,14 @@ def _study_file(tmp_path: Path, **changes) -> Path:
     ],
 )
 def test_bad_study_configs_fail_before_anything_runs(tmp_path, changes, message):
-    path = _study_file(tmp_path, **changes)
+    path = study_file(tmp_path, **changes)
     with pytest.raises(ConfigError, match=message):
         load_study(path)
     assert not (tmp_path / "study" / "cells").exists()
 
 
 def test_cells_share_data_and_differ_only_by_their_axes(tmp_path):
-    study = load_study(_study_file(tmp_path, variants=[{"name": "magdi"}, {"name": "ntp", "overrides": {
+    study = load_study(study_file(tmp_path, variants=[{"name": "magdi"}, {"name": "ntp", "overrides": {
         "model.margin_weight": 0.0, "model.node_weight": 0.0}}]))
     configs = {cell.name: study.cell_config(cell) for cell in study.cells()}
     assert sorted(configs) == ["1m-magdi-lr0.003", "1m-magdi-lr0.01", "1m-ntp-lr0.003", "1m-ntp-lr0.01",
@@ -70,7 +61,7 @@ def test_cells_share_data_and_differ_only_by_their_axes(tmp_path):
 def test_lr_sweep_cells_and_the_curve_takes_each_sizes_best(tmp_path):
     from magdi_dist.recipes.study import CellResult, mark_best_lr
 
-    study = load_study(_study_file(tmp_path, lr_grid=[1e-3, 3e-3], sizes=[
+    study = load_study(study_file(tmp_path, lr_grid=[1e-3, 3e-3], sizes=[
         {"name": "1m", "overrides": {"model.base": "tiny-1m"}},
         {"name": "5m", "overrides": {"model.base": "tiny-5m"}, "lr_grid": [5e-4]}]))
     cells = study.cells()
@@ -176,6 +167,6 @@ def test_study_against_an_mlflow_server(tmp_path):
     from magdi_dist.recipes.study import run_study
 
     with running_mlflow_server(tmp_path / "server") as url, mlflow_globals_restored():
-        study = load_study(_study_file(tmp_path, tracking_uri=url, name="server-study"))
+        study = load_study(study_file(tmp_path, tracking_uri=url, name="server-study"))
         summary = run_study(study)
         _check_study(summary, QUICK_CELLS, url, "finished")

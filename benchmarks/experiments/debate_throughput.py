@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
@@ -47,31 +46,22 @@ def one_run(base_url: str, workdir: Path, workers: int, o: dict) -> dict:
 
 
 def run(settings: Settings) -> dict:
-    import signal
-
     import ray
 
-    o = options(settings, OPTIONS, QUICK)
-    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill still stops the server (finally)
-
-    from benchmarks.serving import start_transformers_serve
+    from benchmarks.serving import abba, serving
     from magdi_dist.model.sources import checkpoint_dir
 
+    o = options(settings, OPTIONS, QUICK)
     work = Path(tempfile.mkdtemp(prefix="debate-bench-", dir=settings.workdir))
     runs = []
-    try:
-        server = start_transformers_serve(checkpoint_dir(MODEL), work / "serve", name=MODEL, threads=settings.threads)
+    with serving(checkpoint_dir(MODEL), work / "serve", name=MODEL, threads=settings.threads) as server:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         try:
-            for rep in range(o["reps"]):
-                for k, workers in enumerate((1, 2, 2, 1)):  # ABBA
-                    runs.append({"rep": rep, **one_run(server.base_url, work / f"r{rep}-{k}", workers, o)})
-                    print(json.dumps(runs[-1]), flush=True)
+            for rep, k, workers in abba(o["reps"], 1, 2):
+                runs.append({"rep": rep, **one_run(server.base_url, work / f"r{rep}-{k}", workers, o)})
+                print(json.dumps(runs[-1]), flush=True)
         finally:
             ray.shutdown()
-            server.stop()
-    finally:
-        signal.signal(signal.SIGTERM, previous)  # the rest of a bench run keeps its own handling
 
     def median(workers: int, key: str) -> float:
         return statistics.median(r[key] for r in runs if r["workers"] == workers)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
@@ -46,28 +45,17 @@ def one_run(variant: str, model_dir: Path, base_url: str, out: Path, o: dict) ->
 
 
 def run(settings: Settings) -> dict:
-    import signal
-
-    o = options(settings, OPTIONS, QUICK)
-    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill still stops the server (finally)
-
-    from benchmarks.serving import start_transformers_serve
+    from benchmarks.serving import abba, serving
     from magdi_dist.model.sources import checkpoint_dir
 
+    o = options(settings, OPTIONS, QUICK)
     model_dir = Path(checkpoint_dir(MODEL))
     work = Path(tempfile.mkdtemp(prefix="eval-bench-", dir=settings.workdir))
     runs = []
-    try:
-        server = start_transformers_serve(model_dir, work / "serve", name=MODEL, threads=settings.threads)
-        try:
-            for rep in range(o["reps"]):
-                for k, variant in enumerate(("local", "remote", "remote", "local")):  # ABBA
-                    runs.append({"rep": rep, **one_run(variant, model_dir, server.base_url, work / f"r{rep}-{k}", o)})
-                    print(json.dumps({k: v for k, v in runs[-1].items() if k != "answers"}), flush=True)
-        finally:
-            server.stop()
-    finally:
-        signal.signal(signal.SIGTERM, previous)  # the rest of a bench run keeps its own handling
+    with serving(model_dir, work / "serve", name=MODEL, threads=settings.threads) as server:
+        for rep, k, variant in abba(o["reps"], "local", "remote"):
+            runs.append({"rep": rep, **one_run(variant, model_dir, server.base_url, work / f"r{rep}-{k}", o)})
+            print(json.dumps({k: v for k, v in runs[-1].items() if k != "answers"}), flush=True)
 
     def median(variant: str, key: str) -> float:
         return statistics.median(r[key] for r in runs if r["variant"] == variant)
