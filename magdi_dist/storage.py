@@ -23,6 +23,10 @@ import tempfile
 from pathlib import Path
 
 SCRATCH_ENV = "MAGDI_SCRATCH"
+# pyarrow reads an object ``chunk_size`` bytes per ranged GET (1 MiB by default): one request per MiB,
+# which against moto_server moved checkpoints at 1.9-4.2 MB/s (benchmarks/results/object_storage_1mib_reads.json;
+# object_storage.json is the same run with this). Writes are unaffected (multipart parts of their own).
+READ_CHUNK = 64 << 20
 
 
 def is_uri(path: str | os.PathLike[str] | None) -> bool:
@@ -129,7 +133,8 @@ def local_copy(uri: str) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.part-{os.getpid()}")
-    pafs.copy_files(path, str(tmp), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    pafs.copy_files(path, str(tmp), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem(),
+                    chunk_size=READ_CHUNK)
     if mtime is not None:
         os.utime(tmp, ns=(mtime, mtime))
     os.replace(tmp, target)  # whole or not at all: a reader never sees half an object
@@ -199,7 +204,7 @@ def pull_tree(uri: str, local: Path, *, only: tuple[str, ...] | None = None, sma
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.part-{os.getpid()}")
         pafs.copy_files(f"{root}/{rel}", str(tmp), source_filesystem=fs,
-                        destination_filesystem=pafs.LocalFileSystem())
+                        destination_filesystem=pafs.LocalFileSystem(), chunk_size=READ_CHUNK)
         os.replace(tmp, target)
         got.append(rel)
     return got

@@ -73,11 +73,8 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def running_mlflow_server(root: str | os.PathLike, timeout_s: float = 180.0, artifact_root: str | None = None
-                          ) -> Iterator[str]:
+def running_mlflow_server(root: str | os.PathLike, timeout_s: float = 180.0) -> Iterator[str]:
     """Start ``mlflow server`` on a free port with its own SQLite store and artifact folder; yield its URL.
-    ``artifact_root`` (e.g. ``s3://bucket/mlflow``): artifacts go there, written and read by the clients
-    themselves (``--no-serve-artifacts``), instead of through the server into ``root/art``.
 
     Lean settings: one uvicorn worker, no job-execution runner (MLflow 3 starts a huey consumer for
     server-side jobs by default; we never use it). Artifacts are proxied (``--serve-artifacts`` is
@@ -96,8 +93,7 @@ def running_mlflow_server(root: str | os.PathLike, timeout_s: float = 180.0, art
         "--host", "127.0.0.1",
         "--port", str(port),
         "--backend-store-uri", f"sqlite:///{db}",
-        *(["--default-artifact-root", artifact_root, "--no-serve-artifacts"] if artifact_root
-          else ["--artifacts-destination", str(root / "art")]),
+        "--artifacts-destination", str(root / "art"),
         "--workers", "1",
     ]  # fmt: skip
     log_path = root / "server.log"

@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -64,18 +63,11 @@ def test_a_node_lost_mid_run_with_object_storage(tmp_path, tmp_path_factory):
 
         # The head runs the drivers only (0 CPUs): each training worker gets a worker node of its own.
         head = start_cluster(num_cpus=0, env_extra=node_env("head"))
-        nodes: dict = {}
         joined: dict = {}  # every node started, for the teardown whatever happens
-
-        def join_nodes() -> None:
-            for n in ("a", "b"):
-                joined[n] = start_worker_node(head, 1, node_env(n))
-
-        pool = ThreadPoolExecutor(1)
         try:
-            # The worker nodes join, one after the other (two at once can miss the GCS's deadlines on a
-            # loaded machine), while the preparations run: those need only the head's driver.
-            joining = pool.submit(join_nodes)
+            for n in ("a", "b"):  # one after the other: each start waits for the count of live nodes to grow
+                joined[n] = start_worker_node(head, 1, node_env(n))
+            nodes = dict(joined)
             # Preparation into the bucket, twice: the second leaves the manifest object as it was.
             manifest = "runs/fault/shards/manifest.json"
             for i in range(2):
@@ -84,8 +76,6 @@ def test_a_node_lost_mid_run_with_object_storage(tmp_path, tmp_path_factory):
                 if i == 0:
                     first = objects(s3, "magdi", manifest)[manifest]
             assert objects(s3, "magdi", manifest)[manifest] == first
-            joining.result()
-            nodes = dict(joined)
 
             log = tmp_path / "fault.log"
             proc = _submit(head, log, ["tests/jobs/train_pausing.py", "60", "--workers", "2"], "fault")
@@ -116,7 +106,6 @@ def test_a_node_lost_mid_run_with_object_storage(tmp_path, tmp_path_factory):
             shards = {m.group(1) for f in pulled if (m := re.search(r"zero_pp_rank_(\d+)_", f))}
             assert "COMPLETE" in pulled and len(shards) == 1, pulled
         finally:
-            pool.shutdown()  # waits for a node still joining: it is stopped with the others
             for node in joined.values():  # the lost one too (its processes are gone; its temp dir is not)
                 stop_cluster(node)
             stop_cluster(head)
