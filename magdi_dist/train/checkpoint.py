@@ -5,7 +5,8 @@ A directory without COMPLETE is a save that died half-way and is never resumed f
 holds the data position (micro-batches consumed), so the sampler replays the exact remaining order,
 and every rank's python / numpy / torch RNG, so dropout continues the same stream: a resumed run
 reproduces the uninterrupted one bit for bit (same world size). Assumes output_dir is shared by all
-ranks (one node, or a shared filesystem), as DeepSpeed's own checkpoints do.
+ranks: one node, a shared filesystem, or this node's mirror of a run in object storage (launch/stage.py
+syncs it with the store).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 MARKER = "COMPLETE"
 STATE = "trainer_state.json"
+FROZEN = "frozen_excluded"  # trainer-state key: the frozen parameters a save left out (frozen_parameters)
 
 
 class CheckpointMismatch(RuntimeError):
@@ -177,11 +179,15 @@ def save(engine, output_dir: str | Path, step: int, state: dict, rank: int, keep
     if rank == 0 and path.exists():
         shutil.rmtree(path)  # leftovers of a save that died before COMPLETE
     barrier()
+    frozen = frozen_parameters(engine)
     try:
-        engine.save_checkpoint(str(root), tag=tag, save_latest=False)
+        # A frozen base (LoRA) is never trained: each build loads it again from the pretrained weights,
+        # so storing it (4 bytes a parameter, as ZeRO's fp32 fragments or in the module state) would
+        # make a checkpoint the size of the base model for nothing.
+        engine.save_checkpoint(str(root), tag=tag, save_latest=False, exclude_frozen_parameters=bool(frozen))
         torch.save(_rng_state(), path / f"rng_state_rank{rank}.pt")
         if rank == 0:
-            (path / STATE).write_text(json.dumps(state, indent=2))
+            (path / STATE).write_text(json.dumps({**state, FROZEN: frozen}, indent=2))
     except (OSError, RuntimeError) as err:
         if not _disk_full(err, root):
             raise
@@ -256,10 +262,31 @@ def _prune(output_dir: str | Path, keep_last_k: int) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
+def frozen_parameters(engine) -> dict | None:
+    """The frozen parameters a save leaves out (their count and a digest of their names), or None when
+    every parameter trains."""
+    import hashlib
+
+    names = sorted(n for n, p in engine.module.named_parameters() if not p.requires_grad)
+    if not names:
+        return None
+    return {"count": len(names), "names_sha256": hashlib.sha256("\n".join(names).encode()).hexdigest()}
+
+
 def restore(engine, ckpt: Path, rank: int) -> dict:
-    """Load DeepSpeed state (weights, optimizer, LR schedule) and this rank's RNG; return trainer state."""
+    """Load DeepSpeed state (weights, optimizer, LR schedule) and this rank's RNG; return trainer state.
+
+    A checkpoint saved without its frozen parameters loads non-strictly, once the model is shown to
+    freeze exactly the parameters the save left out: those are the only keys it lacks, and the model
+    holds them already (built from the same base; the run's config hash was matched before this)."""
+    saved, here = read_state(ckpt).get(FROZEN), frozen_parameters(engine)
+    if saved is not None and saved != here:
+        raise CheckpointMismatch(f"{ckpt}: saved without {saved['count']} frozen parameter(s) (names sha256 "
+                                 f"{saved['names_sha256'][:12]}), but this model freezes {here}: it cannot "
+                                 "supply the weights the save left out")
     load_path, _ = engine.load_checkpoint(
-        str(ckpt.parent), tag=ckpt.name, load_optimizer_states=True, load_lr_scheduler_states=True
+        str(ckpt.parent), tag=ckpt.name, load_optimizer_states=True, load_lr_scheduler_states=True,
+        load_module_strict=saved is None,
     )
     if load_path is None:
         raise RuntimeError(f"DeepSpeed could not load the checkpoint {ckpt}")
