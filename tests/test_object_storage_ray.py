@@ -76,6 +76,12 @@ def test_a_node_lost_mid_run_with_object_storage(tmp_path, tmp_path_factory):
                 if i == 0:
                     first = objects(s3, "magdi", manifest)[manifest]
             assert objects(s3, "magdi", manifest)[manifest] == first
+            # Ray Data's feature actors ran on the worker nodes (the head has no CPU) and wrote the
+            # shards into their own scratch, and from there into the bucket (launch/stage.preparation).
+            made = {p.name for n in ("a", "b") for p in (tmp_path / f"scratch-{n}").rglob("*.parquet")}
+            stored_shards = {k.rsplit("/", 1)[1] for k in objects(s3, "magdi", "runs/fault/shards/shards/")}
+            assert made and made == stored_shards, (made, stored_shards)
+            assert "on this node's disk only" not in log.read_text()
 
             log = tmp_path / "fault.log"
             proc = _submit(head, log, ["tests/jobs/train_pausing.py", "60", "--workers", "2"], "fault")

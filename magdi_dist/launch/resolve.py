@@ -109,13 +109,14 @@ def prepare_and_publish(spec: RunSpec, *, stored: MAGDiConfig | None = None, eng
     cluster), attach them to the run and publish it: what every launcher does before its ranks start.
     A stored run (``stored``: the config naming the store) was resolved on this node's mirror: its
     shards are pushed, and the run is published, and returned, naming store paths (launch/stage.py)."""
-    from magdi_dist.launch.stage import preparation_engine, push_shards, remote, spec_in_store
+    from magdi_dist.launch.stage import preparation, push_shards, remote, spec_in_store
     from magdi_dist.preprocess.pipeline import print_log
     from magdi_dist.preprocess.prepare import prepare_data
 
+    store = None
     if stored is not None:
-        engine = preparation_engine(stored, engine, log)
-    report = prepare_data(spec.config, engine=engine, address=address, log=log or print_log)
+        engine, store = preparation(stored, engine, log)
+    report = prepare_data(spec.config, engine=engine, address=address, store=store, log=log or print_log)
     spec = with_data(spec, report.manifest)
     if stored is not None and remote(stored):
         push_shards(stored)

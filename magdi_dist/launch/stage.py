@@ -19,6 +19,17 @@ A ``RunSpec`` in the store names store paths (``config.train.output_dir``, ``dat
 ``on_node`` maps it onto this node's mirror. Shards are pushed and pulled when missing or of another
 size, and small files always: shard files are named by the hash of the input they come from and
 never change in place, the manifest and unit records do.
+
+Two choices, and why:
+
+* Every node pulls every shard, not only its ranks' rows: the sampler (train/sampler.py) reshuffles all
+  rows every epoch and batches them by length, so it needs every row's length, and over a run each
+  rank reads rows of every shard. Shards are small next to one checkpoint of the model they train.
+* The ranks push their checkpoint files themselves rather than through Ray Train's checkpoint upload:
+  the same code and layout serve a run under torchrun or plain python, where there is no Ray; ranks
+  sharing a node share its mirror, so a node sends its files once; and ``COMPLETE``, with every
+  file's hash, must reach the store only after every node's files have. Ray Train still records each
+  checkpoint, where it lies in the store (``launch.ray_train.report_to_ray``).
 """
 
 from __future__ import annotations
@@ -240,14 +251,26 @@ def push_results(local_output_dir: Path, stored_output_dir: str) -> None:
     push_tree(local_output_dir, stored_output_dir, small=SMALL, skip=(CHECKPOINTS, "shards", "export"))
 
 
-def preparation_engine(cfg: MAGDiConfig, engine: str, log=None) -> str:
-    """A stored run's shards are prepared in this process: Ray Data's feature actors write their shards
-    to the disk of the node they run on, which no other node sees (writing them to the store from the
-    actors is not built yet)."""
-    if remote(cfg) and engine != "local":
-        (log or print)("preprocess: a run stored in object storage prepares its shards on this node")
-        return "local"
-    return engine
+def preparation(cfg: MAGDiConfig, engine: str, log=None) -> tuple[str, str | None]:
+    """(engine, store) for preparing ``cfg``'s shards. A stored run's Ray Data tasks and actors may run
+    on any node: they put what they write into the store (preprocess/stages.py), and read what the
+    driver wrote from it. They can do that only if every input is an object or written by the driver
+    (synthetic MAGs, a ``data.max_mags`` cut) and the tokenizer and feature model are not folders on
+    this node's disk; otherwise the shards are prepared on this node."""
+    if not remote(cfg) or engine == "local":
+        return engine, None
+    from magdi_dist.preprocess.prepare import resolve
+
+    pre, spec = resolve(on_node(cfg))
+    mirror = pre.out_dir.rstrip("/") + "/"
+    here_only = [p for p in pre.inputs if not is_uri(p) and not str(p).startswith(mirror)]
+    here_only += [p for p in (spec.tokenizer, spec.model) if isinstance(p, str) and not str(p).startswith(mirror)
+                  and Path(p).expanduser().exists()]
+    if here_only:
+        (log or print)(f"preprocess: {here_only[0]} is on this node's disk only: the shards are prepared on "
+                       "this node (give data.paths as object-store URIs to prepare them on the cluster)")
+        return "local", None
+    return engine, _shards_uri(cfg)
 
 
 def prepare(cfg: MAGDiConfig, *, engine: str = "local", address: str | None = None, log=None):
@@ -261,8 +284,8 @@ def prepare(cfg: MAGDiConfig, *, engine: str = "local", address: str | None = No
         report = prepare_data(cfg, engine=engine, address=address, log=log or print_log)
         return report, str(report.manifest)
     pull(cfg, checkpoints=False)
-    report = prepare_data(on_node(cfg), engine=preparation_engine(cfg, engine, log), address=address,
-                          log=log or print_log)
+    engine, store = preparation(cfg, engine, log)
+    report = prepare_data(on_node(cfg), engine=engine, address=address, store=store, log=log or print_log)
     push_shards(cfg)
     return report, join(_shards_uri(cfg), "manifest.json")
 

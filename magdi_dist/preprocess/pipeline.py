@@ -24,7 +24,9 @@ from magdi_dist.preprocess import fingerprint as fp
 from magdi_dist.preprocess.featurize import FeatureSpec, feature_dim, load_feature_model, load_tokenizer
 from magdi_dist.preprocess.inputs import PIPELINE_VERSION, content_fields, expand_inputs, source_of
 from magdi_dist.preprocess.manifest import (
+    REJECTS,
     SHARD_SCHEMA_VERSION,
+    SHARDS,
     build_manifest,
     load_unit_record,
     manifest_path,
@@ -161,6 +163,7 @@ def run_preprocess(
     split: dict[str, Any] | None = None,
     engine: str = "ray",
     address: str | None = None,
+    store: str | None = None,
     log: Log = print_log,
 ) -> PreprocessReport:
     """Bring ``pre.out_dir`` up to date with ``pre.inputs`` (both set: ``prepare_data`` resolves them
@@ -171,12 +174,17 @@ def run_preprocess(
     ``engine="ray"`` uses the Ray this process is connected to, or the cluster at ``address`` /
     ``RAY_ADDRESS``; without either it starts an embedded local Ray, and only when some input needs
     work (an up-to-date re-run never starts Ray).
+
+    ``store``: the URI of the object-storage folder ``pre.out_dir`` mirrors (launch/stage.py): tasks and
+    actors, on whatever node they run, put the shards and rejects they write there (stages.py); the
+    driver writes the unit records and the manifest into ``pre.out_dir``, for its caller to push.
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; expected one of {sorted(ENGINES)}")
     if not pre.inputs or not pre.out_dir:
         raise ValueError("run_preprocess needs preprocess.inputs and preprocess.out_dir set")
-    settings = {**pre.model_dump(), "format": format, "task": task, "clean_patterns": list(clean_patterns or [])}
+    settings = {**pre.model_dump(), "format": format, "task": task, "clean_patterns": list(clean_patterns or []),
+                "store": store}
     split = split or {"eval_fraction": 0.1, "seed": 0}
     with ExitStack() as stack:
         if engine == "ray" and (address or os.environ.get("RAY_ADDRESS")):
@@ -202,12 +210,17 @@ def _run(settings: dict[str, Any], spec: FeatureSpec, split: dict[str, Any], eng
         if key in records:
             report.skipped.append(path)
         elif key not in pending:  # the same bytes under the same name twice: one unit of work
-            pending[key] = {"unit": key, "path": path, "name": name, "sha256": sha, "out_dir": str(out_dir)}
+            pending[key] = {"unit": key, "path": path, "name": name, "sha256": sha, "out_dir": str(out_dir),
+                            "store": settings["store"]}
             report.processed.append(path)
     if pending:
         log(f"preprocess: {len(pending)} of {len(inputs)} input(s) need work "
             f"(engine={engine}, device={device}, fingerprint {head['fingerprint'][:12]})")
         remove_stale_tmp(out_dir)
+        if settings["store"] and engine == "ray":  # what the driver wrote here (inputs, tokenizer), for other nodes
+            from magdi_dist import storage
+
+            storage.push_tree(out_dir, settings["store"], skip=(SHARDS, REJECTS))
         if engine == "ray":
             import ray  # only this engine needs Ray: the local one runs where it is not installed
 

@@ -154,13 +154,14 @@ def ensure_tokenizer(cfg: MAGDiConfig, pre: PreprocessConfig, log: Log) -> Path:
 
 
 def prepare_data(cfg: MAGDiConfig, *, engine: str = "local", address: str | None = None,
-                 log: Log = print_log) -> PreprocessReport:
+                 store: str | None = None, log: Log = print_log) -> PreprocessReport:
     """``cfg``'s shards brought up to date; the report's ``manifest`` is what the ranks read.
 
     Cheap when everything is up to date (inputs are hashed, nothing is parsed, Ray is not started), so
     every launcher calls it unconditionally. ``engine``: "local" (this process) or "ray" (Ray Data on
     the cluster at ``address`` / ``RAY_ADDRESS``, else an embedded one); both write the same bytes.
-    Call it from one process: concurrent calls are safe (atomic writes) but duplicate work.
+    Call it from one process: concurrent calls are safe (atomic writes) but duplicate work. ``store``:
+    the object-storage folder the shards folder mirrors (``pipeline.run_preprocess``).
     """
     check_inputs(cfg)
     pre, spec = resolve(cfg)
@@ -171,4 +172,4 @@ def prepare_data(cfg: MAGDiConfig, *, engine: str = "local", address: str | None
     if cfg.data.tokenizer == "train":
         ensure_tokenizer(cfg, pre, log)
     return run_preprocess(pre, spec, format=cfg.data.format, task=cfg.data.task, clean_patterns=clean_patterns(cfg),
-                          split=_split(cfg), engine=engine, address=address, log=log)
+                          split=_split(cfg), engine=engine, address=address, store=store, log=log)

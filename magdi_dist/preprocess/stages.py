@@ -13,6 +13,11 @@ ShardBuilder    frozen base-student node features, contrastive pair rows and tok
 
 A row between the stages is a whole shard, never a single MAG: a shard's features are then computed in
 one call, batched in an order fixed by its content, which is what makes shard hashes reproducible.
+
+Shards kept in object storage (a unit's ``store``: the shards folder's URI, launch/stage.py): a task or
+actor may run on any node, and the driver's folder is on the driver's disk, so each writes its files
+(shards, rejects) into its own node's mirror of that folder and puts them into the store, and asks the
+store which shards already exist.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from magdi_dist import storage
 from magdi_dist.mag.schema import MAG
 from magdi_dist.preprocess.featurize import (
     FeatureSpec,
@@ -65,6 +71,41 @@ def _renamed(mag: MAG, name: str) -> MAG:
     return mag.model_copy(update={"source": mag.source.model_copy(update={"file": name})})
 
 
+def node_folder(unit: dict[str, Any]) -> Path:
+    """Where this process writes a unit's files: the driver's folder, or for shards kept in object
+    storage this node's mirror of the store's folder."""
+    return storage.local_mirror(unit["store"]) if unit.get("store") else Path(unit["out_dir"])
+
+
+def _keep(unit: dict[str, Any], local: Path, rel: str) -> None:
+    """A file this process wrote into ``node_folder``, put into the store too (when there is one)."""
+    if unit.get("store"):
+        storage.put_file(local, storage.join(unit["store"], rel))
+
+
+def on_this_node(unit: dict[str, Any], path: str) -> str:
+    """``path`` as this process can read it: a file or folder the driver wrote into its folder (a
+    synthetic input, a trained tokenizer) comes down from the store into this node's mirror, once."""
+    out_dir = unit["out_dir"].rstrip("/") + "/"
+    if not unit.get("store") or not str(path).startswith(out_dir):
+        return path
+    rel = str(path)[len(out_dir):]
+    target = node_folder(unit) / rel
+    if not target.exists():
+        uri = storage.join(unit["store"], rel)
+        if storage.is_file(uri):
+            storage.pull_tree(storage.join(unit["store"], str(Path(rel).parent)), target.parent, only=(target.name,))
+        else:
+            storage.pull_tree(uri, target)
+    return str(target)
+
+
+def _exists(unit: dict[str, Any], rel: str) -> bool:
+    if unit.get("store"):
+        return storage.is_file(storage.join(unit["store"], rel))
+    return (Path(unit["out_dir"]) / rel).is_file()
+
+
 def parse_unit(unit: dict[str, Any], *, settings: dict[str, Any]) -> list[dict[str, Any]]:
     """One input file -> its shard rows (``flat_map``). Shards already on disk travel as empty rows
     marked ``existing`` (the writer only re-reads their summary): a re-run after a crash redoes only
@@ -75,13 +116,14 @@ def parse_unit(unit: dict[str, Any], *, settings: dict[str, Any]) -> list[dict[s
     from magdi_dist.mag.split import contamination_key, question_key
 
     per_shard = settings["records_per_shard"]
-    out_dir, name, key = Path(unit["out_dir"]), unit["name"], unit["unit"]
+    folder, name, key = node_folder(unit), unit["name"], unit["unit"]
     mags: list[MAG] = []
     rejects: list[dict] = []
     records_in = 0
     patterns = tuple(settings["clean_patterns"])
     cleaning = CleanStats()
-    for item in iter_items(input_file(unit["path"]), format=settings["format"], task=settings["task"]):
+    source = input_file(on_this_node(unit, unit["path"]))
+    for item in iter_items(source, format=settings["format"], task=settings["task"]):
         records_in += 1
         if isinstance(item, MAG):
             if patterns:  # before rows, features and the split see the text
@@ -95,19 +137,22 @@ def parse_unit(unit: dict[str, Any], *, settings: dict[str, Any]) -> list[dict[s
         entry["file"] = name
         rejects.append(entry)
     if rejects:
-        atomic_write_jsonl(out_dir / REJECTS / rejects_name(key), rejects)
+        rel = f"{REJECTS}/{rejects_name(key)}"
+        atomic_write_jsonl(folder / rel, rejects)
+        _keep(unit, folder / rel, rel)
     # Every input gets at least one shard (maybe empty), so every input reports back to the driver.
     n_chunks = max(1, math.ceil(len(mags) / per_shard))
     rows = []
     for c in range(n_chunks):
         shard = shard_name(key, c)
-        existing = (out_dir / SHARDS / shard).is_file()
+        existing = _exists(unit, f"{SHARDS}/{shard}")
         chunk = mags[c * per_shard : (c + 1) * per_shard]
         # One text gives one split key and one contamination key: sorting the pairs keeps them aligned.
         keys = sorted({(question_key(m.question), contamination_key(m.question)) for m in chunk})
         rows.append({
             "unit": key,
-            "out_dir": str(out_dir),
+            "out_dir": unit["out_dir"],
+            "store": unit.get("store"),
             "shard": shard,
             "chunk": c,
             "n_chunks": n_chunks,
@@ -131,7 +176,7 @@ class ShardBuilder:
         import torch
 
         self.settings = settings
-        self.spec = FeatureSpec(**spec)
+        self.spec = FeatureSpec(**{**spec, "tokenizer": on_this_node(settings, spec["tokenizer"])})
         # Part of the fingerprint: the same thread count in every actor and every run.
         torch.set_num_threads(settings["torch_threads"])
         if device == "cuda" and not torch.cuda.is_available():
@@ -148,9 +193,12 @@ class ShardBuilder:
         """One shard row -> its Parquet file (unless already there) -> its summary."""
         from magdi_dist.data.rows import ready_mag
 
-        path = Path(row["out_dir"]) / SHARDS / row["shard"]
+        rel = f"{SHARDS}/{row['shard']}"
+        path = node_folder(row) / rel
         self.tokenizer.clear()
         if row["existing"]:
+            if not path.is_file():  # in the store, written from another node
+                storage.pull_tree(storage.join(row["store"], SHARDS), path.parent, only=(row["shard"],))
             summary = shard_summary(path)
         else:
             # The completed grid: the node set the rows and the graph use (missing nodes included).
@@ -158,6 +206,7 @@ class ShardBuilder:
             rows = build_rows(mags, self.extract(mags), self.tokenizer, self.spec)
             summary = write_shard(path, sort_rows(rows), self.settings["row_group_rows"],
                                   node_ids=self.node_ids)
+            _keep(row, path, rel)
         keep = ("unit", "chunk", "n_chunks", "records_in", "n_mags", "n_rejected", "existing", "questions",
                 "contamination", "cleaning")
         return {**{k: row[k] for k in keep}, **summary}
