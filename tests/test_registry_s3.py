@@ -3,7 +3,7 @@ artifacts are in the same bucket (a real sqlite tracking store whose experiment'
 ``s3://...``; the clients write and read there with ``MLFLOW_S3_ENDPOINT_URL``): its one cell trains into
 the bucket, is evaluated and registered from there and crowned ``champion``; then every node's scratch
 is deleted and a fresh process, which never saw them, loads ``models:/NAME@champion`` and answers as
-the trained export did."""
+the trained export did; and the study run again from a fresh driver trains nothing."""
 
 from __future__ import annotations
 
@@ -112,5 +112,13 @@ def test_a_cell_registered_from_the_bucket_answers_after_the_nodes_are_gone(tmp_
                                   cwd=fresh, env=env, capture_output=True, text=True, timeout=300)
             assert proc.returncode == 0, proc.stderr[-4000:]
             after = json.loads(proc.stdout.strip().splitlines()[-1])
+            # The same study again from a fresh driver (its scratch empty too): the bucket and the
+            # tracking store say the cell is done, so nothing trains again.
+            monkeypatch.setenv("MAGDI_SCRATCH", str(fresh / "driver"))
+            again = run_study(load_study(study_file))
+            assert again["status"] == "FINISHED", again
+            assert [c["status"] for c in again["cells"]] == ["skipped"]
+            assert again["cells"][0]["run_id"] == summary["cells"][0]["run_id"]
+            assert again["champion"]["uri"] == summary["champion"]["uri"]
     assert after["answers"] == before and isinstance(before[0], str)
     assert not after["files"].startswith(str(tmp_path / "node"))
