@@ -27,7 +27,7 @@ from types import ModuleType
 
 FIGURES = ("padding", "step_overhead", "mfu", "data_path", "checkpoint", "zero_memory", "preprocessing", "peers")
 EXPERIMENTS = ("zero3_1b", "lm_passes", "debate_throughput", "peer_head", "eval_throughput", "object_storage",
-               "checkpoint_verify")
+               "checkpoint_verify", "demo_lm_passes")
 PROTOCOL = ("NAME", "run", "rows", "details")
 
 

@@ -402,7 +402,7 @@ def bench(
     only: list[str] = typer.Option([], "--only", help="Run only this figure or experiment (repeatable): padding, "
                                    "step_overhead, mfu, data_path, checkpoint, zero_memory, preprocessing, "
                                    "peers (this project vs TRL's SFTTrainer on SmolLM2; needs the bench extra); "
-                                   "experiments: zero3_1b, lm_passes, debate_throughput, peer_head."),
+                                   "or an experiment (not in the default run; benchmarks/figure.py EXPERIMENTS)."),
     threads: int = typer.Option(1, help="torch intra-op threads per process."),
     save_baseline: bool = typer.Option(False, help="Also write benchmarks/results/before.json."),
     docs: bool = typer.Option(True, "--docs/--no-docs", help="Rewrite the table in docs/benchmarks.md."),
