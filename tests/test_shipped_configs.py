@@ -56,7 +56,7 @@ def test_magdi_vs_sft_study_is_the_demo_budget_at_five_sizes_and_three_seeds():
     from transformers import LlamaForCausalLM
 
     from magdi_dist.model.build import tiny_config
-    from magdi_dist.study.demo import DEMO_SIZES, DEMO_TRAIN
+    from magdi_dist.study.demo import DEMO_SIZES, DEMO_TRAIN, STUDY_STEPS, at_steps
 
     study = load_study(CONFIGS / "study_magdi_vs_sft.yaml")
     assert [s.name for s in study.sizes] == ["0.25m", "0.5m", "1m", "2.5m", "5m"]
@@ -73,8 +73,9 @@ def test_magdi_vs_sft_study_is_the_demo_budget_at_five_sizes_and_three_seeds():
     e = study.evaluation
     heldout = {contamination_key(m.question) for m in synth_mags(e.synthetic_n, seed=e.synthetic_seed)}
     assert e.data is None and len(heldout - trained) >= 400
-    # Every cell is the demo's budget; the demo's three sizes keep the model and lr their sweep chose.
-    assert yaml.safe_load(Path(study.base_config).read_text()) == DEMO_TRAIN
+    # Every cell is the demo's config at the study's step count; the demo's three sizes keep the model
+    # and lr their sweep chose.
+    assert yaml.safe_load(Path(study.base_config).read_text()) == at_steps(DEMO_TRAIN, STUDY_STEPS)
     demo = {name: {"model.base": base, "train.lr": lr} for name, base, lr in DEMO_SIZES}
     assert all(s.overrides == demo[s.name] for s in study.sizes if s.name in demo) and len(demo) == 3
     configs = [study.cell_config(c) for c in study.cells()]
