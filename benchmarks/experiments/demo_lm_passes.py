@@ -7,10 +7,12 @@ longest row) outside multi-rank ZeRO-3: on the real student two passes skip padd
 more than a second pass (experiments/lm_passes.py). The demo's students are tiny, where a step is mostly
 per-call overhead rather than arithmetic, so the trade may go the other way. Measured as the demo runs
 them: its training config (study/demo.py ``DEMO_TRAIN``: ZeRO-2, 2 CPU ranks, 8 pairs a rank), each
-size at its learning rate, one torchrun launch per (size, lm_passes) of ``steps`` optimizer steps, no
+size at its learning rate, torchrun launches of ``steps`` optimizer steps each, with no
 checkpoint, evaluation or export; the two modes of a size launched back to back, their order flipped
-from one size to the next. Figures: median step time (``metrics.jsonl`` ``step_time_s``, the first
-``skip`` steps left out), per size one/split, and the steps' summed time per launch.
+from one launch pair to the next (one, split, split, one, ...), ``reps`` pairs a size. Figures: median
+step time (``metrics.jsonl`` ``step_time_s``, the first ``skip`` steps of each launch left out) over a
+mode's launches, per size one/split, and the per-pair ratios' range as the noise. A machine whose load
+changes during the run (other jobs) moves one launch and not its pair: measure on an idle one.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ from benchmarks.common import ROOT, Settings, child_env, commit_id, machine_info
 from benchmarks.figure import Row, options
 
 NAME = "demo_lm_passes"
-OPTIONS = {"steps": 60, "skip": 5, "shards": ""}  # shards: a prepared demo shard folder to reuse
-QUICK = {"steps": 4, "skip": 1}
+OPTIONS = {"steps": 60, "skip": 5, "reps": 2, "shards": ""}  # shards: a prepared demo shard folder to reuse
+QUICK = {"steps": 4, "skip": 1, "reps": 1}
 MODES = ("one", "split")
 
 
@@ -61,22 +63,30 @@ def run(settings: Settings) -> dict:
     prepare_data(load_config(train_yaml, ["model.feature_model=tiny-1m", f"preprocess.out_dir={shards}"]))
     sizes = DEMO_SIZES[-1:] if settings.quick else DEMO_SIZES
     load_before = os.getloadavg()
-    cells = []
-    for i, size in enumerate(sizes):
-        order = MODES if i % 2 == 0 else MODES[::-1]
-        for mode in order:
-            times = _launch(train_yaml, shards, root / f"{size[0]}-{mode}", size, mode, opts["steps"])
-            kept = times[opts["skip"]:]
-            cells.append({"size": size[0], "lm_passes": mode, "steps": len(times),
-                          "median_step_s": statistics.median(kept), "sum_step_s": sum(times),
-                          "step_time_s": times})
-    by = {(c["size"], c["lm_passes"]): c for c in cells}
-    ratios = {s[0]: by[(s[0], "one")]["median_step_s"] / by[(s[0], "split")]["median_step_s"] for s in sizes}
+    cells, pairs = [], {}
+    k = 0
+    for size in sizes:
+        for rep in range(opts["reps"]):
+            order = MODES if k % 2 == 0 else MODES[::-1]
+            k += 1
+            medians = {}
+            for mode in order:
+                times = _launch(train_yaml, shards, root / f"{size[0]}-{mode}-{rep}", size, mode, opts["steps"])
+                medians[mode] = statistics.median(times[opts["skip"]:])
+                cells.append({"size": size[0], "lm_passes": mode, "rep": rep, "steps": len(times),
+                              "median_step_s": medians[mode], "sum_step_s": sum(times), "step_time_s": times})
+            pairs.setdefault(size[0], []).append(medians["one"] / medians["split"])
+
+    def mode_median(size: str, mode: str) -> float:
+        return statistics.median(c["median_step_s"] for c in cells if c["size"] == size and c["lm_passes"] == mode)
+
+    ratios = {s[0]: mode_median(s[0], "one") / mode_median(s[0], "split") for s in sizes}
     return {"figure": NAME, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "commit": commit_id(),
             "machine": machine_info(settings), "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
             "what": f"the demo's training config, 2 torchrun ranks, ZeRO-2, {opts['steps']} steps a launch, median "
                     f"step time after the first {opts['skip']}",
-            "cells": cells, "one_vs_split": ratios}
+            "cells": cells, "one_vs_split": ratios,
+            "one_vs_split_pairs": {size: {"min": min(r), "max": max(r), "values": r} for size, r in pairs.items()}}
 
 
 def rows(result: dict) -> list[Row]:
@@ -86,7 +96,9 @@ def rows(result: dict) -> list[Row]:
 
 def details(result: dict) -> str:
     steps = "; ".join(f"{c['size']} {c['lm_passes']} {c['median_step_s']:.3f} s" for c in result["cells"])
-    ratios = ", ".join(f"{s} {r:.3f}x" for s, r in result["one_vs_split"].items())
+    pairs = result.get("one_vs_split_pairs", {})
+    ratios = ", ".join(f"{s} {r:.3f}x" + (f" (pairs {pairs[s]['min']:.2f}-{pairs[s]['max']:.2f})" if s in pairs else "")
+                       for s, r in result["one_vs_split"].items())
     load = ", ".join(f"{x:.1f}" for x in result["loadavg_before"])
     return (f"- Demo step, one LM pass vs two ({result['what']}; {result['date']}, commit {result['commit']}, "
             f"load {load} before): median step {steps}; one/split {ratios}.")
