@@ -25,7 +25,7 @@ from magdi_dist.study.config import StudyConfig, load_study
 # step times and results are in docs/results/demo/, rendered into the README by `magdi-dist results`.
 TINY_025M = {"preset": "tiny-1m", "hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4,
              "intermediate_size": 176}
-DEMO_STEPS, STUDY_STEPS = 800, 1200
+DEMO_STEPS, STUDY_STEPS = 450, 1200
 
 
 def at_steps(train: dict, steps: int) -> dict:
