@@ -93,7 +93,9 @@ def test_a_changed_raw_file_changes_the_regenerated_table(tmp_path):
     done = magdi("results", "--check", "--root", str(root))
     assert done.returncode == 1 and "docs/results.md (as committed)" in done.stdout
     _regenerate(root, doc)
-    row = next(line for line in doc.read_text().splitlines() if line.startswith("| 5m | ntp-only |"))
+    text = doc.read_text()
+    block = text[text.index(f"<!-- results:{BUDGET}:study -->"):]  # the edited study's table, not another's
+    row = next(line for line in block.splitlines() if line.startswith("| 5m | ntp-only |"))
     assert "| 0.5000 |" in row and row not in before
 
 
