@@ -43,8 +43,8 @@ DEMO_TRAIN = {
     "preprocess": {"records_per_shard": 250, "concurrency": 2},
 }
 # Each size's learning rate: the best by held-out NTP loss in ``magdi-dist demo --lr-sweep`` (the
-# grids below, the same budget), run once and recorded in docs/demo_lr_sweep.md.
-DEMO_SIZES = [("0.25m", TINY_025M, 1.0e-2), ("1m", "tiny-1m", 1.0e-3), ("5m", "tiny-5m", 1.0e-3)]
+# grids below, at DEMO_STEPS), recorded in docs/demo_lr_sweep.md (docs/results/demo_lr_sweep/).
+DEMO_SIZES = [("0.25m", TINY_025M, 1.0e-2), ("1m", "tiny-1m", 3.0e-3), ("5m", "tiny-5m", 1.0e-3)]
 # At DEMO_STEPS (fewer than the 1,200 the first sweep ran at) the grids reach one step of 3x higher.
 SWEEP_GRIDS = {"0.25m": [1.0e-2, 3.0e-2], "1m": [1.0e-3, 3.0e-3, 1.0e-2], "5m": [1.0e-3, 3.0e-3]}
 
