@@ -33,15 +33,14 @@ def at_steps(train: dict, steps: int) -> dict:
     return {**train, "train": {**train["train"], "max_steps": steps, "eval_every": steps, "save_every": steps // 2}}
 
 
-DEMO_TRAIN = {
+DEMO_TRAIN = at_steps({
     "model": {"base": "tiny-1m", "gcn_hidden": 64},
     "data": {"synthetic": {"n": 4000, "agents": 3, "rounds": 3, "seed": 0}, "max_len": 96, "vocab_size": 512,
              "eval_fraction": 0.1},
-    "train": {"max_steps": DEMO_STEPS, "micro_batch_size": 8, "lr": 3.0e-3, "warmup_steps": 40, "schedule": "cosine",
-              "deepspeed": "zero2", "eval_every": DEMO_STEPS, "save_every": DEMO_STEPS // 2, "keep_last_k": 1,
-              "progress": False},
+    "train": {"micro_batch_size": 8, "lr": 3.0e-3, "warmup_steps": 40, "schedule": "cosine", "deepspeed": "zero2",
+              "keep_last_k": 1, "progress": False},
     "preprocess": {"records_per_shard": 250, "concurrency": 2},
-}
+}, DEMO_STEPS)
 # Each size's learning rate: the best by held-out NTP loss in ``magdi-dist demo --lr-sweep`` (the
 # grids below, at DEMO_STEPS), recorded in docs/demo_lr_sweep.md (docs/results/demo_lr_sweep/).
 DEMO_SIZES = [("0.25m", TINY_025M, 1.0e-2), ("1m", "tiny-1m", 3.0e-3), ("5m", "tiny-5m", 1.0e-3)]
