@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -285,3 +286,36 @@ def test_collect_refuses_a_copy_over_its_budget(run_folder, tmp_path):
     done = collect_cli(str(run_folder["src"]), "--name", "probe", "--max-mb", "0.001", "--root", str(root))
     assert done.exit_code == 2 and "over the budget" in done.output and "nothing was written" in done.output
     assert not (root / "docs" / "results").exists()
+
+
+def test_an_ablation_block_counts_what_each_cell_answered(run_folder, tmp_path):
+    """The ablation table and its paired comparisons, from the collected cells, against counts made here
+    from the answers the fixture wrote (not through the report's own helpers)."""
+    from magdi_dist.results import docs
+    from magdi_dist.results.collect import collect
+
+    collect(run_folder["src"], "probe", tmp_path)
+    doc = tmp_path / "docs" / "ablation.md"
+    doc.write_text("# probe\n\n<!-- results:probe:ablation -->\n<!-- /results -->\n\n"
+                   "<!-- results:probe:bars -->\n<!-- /results -->\n")
+    assert docs.write(tmp_path) == [doc]
+    text = doc.read_text()
+    assert (tmp_path / "docs" / "probe.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![held-out NTP loss and accuracy per variant, probe](probe.png)" in text
+    answers = run_folder["answers"]
+    for cell in DONE:  # seeds share a variant: rows are named by cell
+        row = next(line for line in text.splitlines() if line.startswith(f"| {cell} | 2 |"))
+        assert f"| {run_folder['losses'][cell]:.4f} | {sum(answers[cell]) / 30:.1%} [" in row
+        assert "| 0.5 | - | 300 |" in row  # median step 0.5 s; no positive count logged; 300 tokens in 1 s
+    for i, a in enumerate(DONE):
+        for b in DONE[i + 1:]:
+            only_b = sum(y and not x for x, y in zip(answers[a], answers[b], strict=True))
+            only_a = sum(x and not y for x, y in zip(answers[a], answers[b], strict=True))
+            n, k = only_a + only_b, min(only_a, only_b)
+            mcnemar = min(1.0, 2 * sum(math.comb(n, j) for j in range(k + 1)) / 2**n) if n else 1.0
+            diff = (sum(answers[b]) - sum(answers[a])) / 30
+            row = next(line for line in text.splitlines() if line.startswith(f"| {b} vs {a} |"))
+            assert row.startswith(f"| {b} vs {a} | {diff:+.1%} [") and row.endswith(
+                f"| {only_b} | {only_a} | {mcnemar:.3f} |"), row
+    assert docs.check(tmp_path) == []
+    assert "commit (MLflow run tags, `provenance.json`)" in text

@@ -9,7 +9,9 @@ in README.md or any Markdown file under docs/. NAME is the collected folder, KIN
     fit    the power-law fit, checked against the cells (results.tables)
     run    a timed run's wall time, load, machine and commit (results.run)
     study  a seeded two-variant study: progress, seed means, paired comparison (results.seeds)
+    ablation  one row per variant and every pair compared on the same questions (results.ablation)
     plot   the scaling-curve image (results.plots; the PNG is redrawn, never compared)
+    bars   an ablation's accuracy and held-out loss per variant (results.ablation; redrawn, never compared)
 
 Text outside the markers is never touched. ``--check`` makes every block in memory and reports a
 unified diff of each document that differs (exit 1), so a hand-edited number, or a raw file changed
@@ -24,14 +26,16 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from magdi_dist.results import plots, run, seeds, tables
+from magdi_dist.results import ablation, plots, run, seeds, tables
 from magdi_dist.results.files import ResultsError
 from magdi_dist.results.raw import Collected, opened
 
 BEGIN = re.compile(r"^<!-- results:(?P<name>[A-Za-z0-9_.\-]+):(?P<kind>[a-z]+) -->$", re.M)
 END = "<!-- /results -->"
 KINDS: dict[str, Callable[[Collected], str]] = {"setup": tables.setup, "table": tables.table, "fit": tables.fit,
-                                               "run": run.run, "study": seeds.study}
+                                               "run": run.run, "study": seeds.study, "ablation": ablation.ablation}
+# Image blocks: the PNG is drawn again on write; the document holds only its image line.
+IMAGES = {"plot": plots.plot, "bars": ablation.bars}
 
 
 def checkout(start: Path, *, explicit: bool = False) -> Path:
@@ -72,13 +76,13 @@ def regenerate(text: str, doc: Path, root: Path, open_folder: Callable[[str], Co
         if end < 0 or nested:
             raise ResultsError(f"{doc}:{line}: {m.group(0)} is not closed by {END} before the next block")
         kind = m.group("kind")
-        if kind not in KINDS and kind != "plot":
-            raise ResultsError(f"{doc}:{line}: unknown block kind {kind!r} (known: {', '.join([*KINDS, 'plot'])})")
+        if kind not in KINDS and kind not in IMAGES:
+            raise ResultsError(f"{doc}:{line}: unknown block kind {kind!r} (known: {', '.join([*KINDS, *IMAGES])})")
         c = open_folder(m.group("name"))
         if c is None:
             body = missing(m.group("name"))
         else:
-            body = plots.plot(c, doc, root, write) if kind == "plot" else KINDS[kind](c)
+            body = IMAGES[kind](c, doc, root, write) if kind in IMAGES else KINDS[kind](c)
         out.append(text[pos:m.end()] + "\n" + body.strip("\n") + "\n")
         pos = end
     out.append(text[pos:])
