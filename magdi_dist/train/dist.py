@@ -106,11 +106,12 @@ def init_distributed() -> DistInfo:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     else:
         skip_shm_comm_build()
-    if not dist.is_initialized():
-        # auto_mpi_discovery off: the env vars are always set (above), and mpi4py probing only costs.
-        deepspeed.init_distributed(
-            dist_backend="nccl" if accelerator == "cuda" else "gloo", auto_mpi_discovery=False
-        )
+    # Called even when torch.distributed is up already (Ray Train sets its process group up before
+    # the loop runs): DeepSpeed then only wraps that group, and without the wrap deepspeed.comm reports
+    # itself uninitialised, so zero.Init's config (built before deepspeed.initialize, which would wrap
+    # it) takes the world size for 1 and refuses the batch of a ZeRO-3 run on several ranks.
+    # auto_mpi_discovery off: the env vars are always set (above), and mpi4py probing only costs.
+    deepspeed.init_distributed(dist_backend="nccl" if accelerator == "cuda" else "gloo", auto_mpi_discovery=False)
     return DistInfo(
         rank=dist.get_rank(),
         world_size=dist.get_world_size(),
