@@ -59,11 +59,13 @@ def setup(c: Collected) -> str:
              f"`{cfg['model'].get('feature_model') or 'each base'}`."]
     epoch = c.cells[0]["epoch"]
     ranks = study.get("num_workers")
+    rates = sorted({x["config"]["train"]["lr"] for x in c.cells})
+    lr = f"lr {rates[0]:g} for every cell" if len(rates) == 1 else "each size at its own lr (table)"
     lines.append(f"- **Training.** {train['max_steps']:,} steps of {ranks or '?'} ranks x {train['micro_batch_size']} "
                  f"pairs (grad accumulation {train['grad_accum']}; {fmt(epoch, '.2f')} epoch), DeepSpeed "
                  f"`{train['deepspeed']}` on {ranks or '?'} CPU ranks under Ray Train, {train['precision']}, "
                  f"{train['schedule']} schedule with {train['warmup_steps']} warmup steps, seed {train['seed']}; "
-                 "each size at its own lr (table).")
+                 f"{lr}.")
     ev = (study.get("evaluation") or {})
     first = c.json(f"cells/{c.cells[0]['cell']}/eval/summary.json")
     drawn = (f"{ev['synthetic_n']:,} held-out synthetic problems (seed {ev.get('synthetic_seed', 10_000)}) drawn"
