@@ -319,3 +319,4 @@ def test_an_ablation_block_counts_what_each_cell_answered(run_folder, tmp_path):
                 f"| {only_b} | {only_a} | {mcnemar:.3f} |"), row
     assert docs.check(tmp_path) == []
     assert "commit (MLflow run tags, `provenance.json`)" in text
+    assert "**4 of 8 cells** of study `probe` collected; not yet: m-magdi-s0," in text  # a partial study says so

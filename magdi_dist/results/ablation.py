@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from magdi_dist.results.raw import Collected
+from magdi_dist.results.seeds import progress
 from magdi_dist.results.tables import commits
 
 
@@ -20,13 +21,14 @@ def rows(c: Collected) -> list[dict]:
 
 
 def ablation(c: Collected) -> str:
-    """The variants' table, then the paired comparisons, then the commits they ran on."""
+    """How many of the planned cells are in, the variants' table, the paired comparisons, and the
+    commits they ran on."""
     from magdi_dist.study.ablation import comparisons, markdown
 
     table = rows(c)
-    return "\n".join([markdown(table), "", "Paired on the same questions (the first variant's accuracy minus the "
-                      "second's, with Newcombe's 95% interval; questions only the first / only the second got right; "
-                      "McNemar's exact p):", "", comparisons(table), "",
+    paired = ("Paired on the same questions (the first variant's accuracy minus the second's, with Newcombe's "
+              "95% interval; questions only the first / only the second got right; McNemar's exact p):")
+    return "\n".join([progress(c), "", markdown(table), "", paired, "", comparisons(table), "",
                       f"- {commits(c)}."])
 
 
