@@ -159,3 +159,18 @@ def test_smollm2_from_the_registry_answers_as_the_export_does(trained, tmp_path)
         gen = model.generate(**enc, do_sample=False, max_new_tokens=24, pad_token_id=tok.pad_token_id)
     expected = truncate_answer(tok.decode(gen[0, enc["input_ids"].shape[1]:], skip_special_tokens=True))
     assert answer == [expected] and expected
+
+
+def test_a_fresh_machine_sizes_the_preset_student_before_anything_converted_it(tmp_path, monkeypatch):
+    """The capacity plan (the study's first step) is what reads the preset first on a new machine: its
+    meta-device shape must convert the GGUF outside the meta context, and count what the GGUF holds."""
+    from magdi_dist.config import StudentConfig
+    from magdi_dist.model.shapes import student_shape
+
+    monkeypatch.setenv(sources.CACHE_ENV, str(tmp_path))
+    shape = student_shape(StudentConfig(base=PRESET), vocab_size=0)
+    assert list((tmp_path / "gguf").glob(f"*/{sources.CONVERTED_STAMP}"))  # converted by this call
+    # SmolLM2-135M's published shape: 30 layers, 576 wide, 9 heads of which 3 key/value, 49,152 tokens.
+    assert (shape.num_layers, shape.hidden_size, shape.num_heads, shape.num_kv_heads, shape.vocab_size) == (
+        30, 576, 9, 3, 49152)
+    assert 134_000_000 < shape.lm_params < 135_000_000

@@ -83,12 +83,15 @@ def _lm_config(spec: str | dict[str, Any], vocab_size: int, trust_remote_code: b
 def _meta_lm(spec, vocab_size: int, dtype: str, lora: LoraSpec | None, trust_remote_code: bool) -> nn.Module:
     """The LM on the meta device: tiny presets and dicts through ``load_lm`` itself (the same code as
     training, LoRA included), hub ids and directories from their config."""
-    with torch.device("meta"):
-        if is_tiny_spec(spec):
+    if is_tiny_spec(spec):
+        with torch.device("meta"):
             return load_lm(spec, vocab_size=vocab_size, dtype=dtype, lora=lora)
-        from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-        config = _lm_config(spec, vocab_size, trust_remote_code)
+    # Outside the meta context: reading a GGUF source's config converts it on first use, and that
+    # loads real weights (transformers refuses from_pretrained under a meta device).
+    config = _lm_config(spec, vocab_size, trust_remote_code)
+    with torch.device("meta"):
         lm = AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
         if lora is None:
             return lm
