@@ -320,3 +320,28 @@ def test_an_ablation_block_counts_what_each_cell_answered(run_folder, tmp_path):
     assert docs.check(tmp_path) == []
     assert "commit (MLflow run tags, `provenance.json`)" in text
     assert "**4 of 8 cells** of study `probe` collected; not yet: m-magdi-s0," in text  # a partial study says so
+
+
+@pytest.mark.parametrize("name", ["smollm2_ablation", "demo"])
+def test_the_setup_block_states_the_data_and_steps_the_cells_were_given(name):
+    """Against the collected cells' resolved configs, read here with yaml: the data is the files a
+    config names (its synthetic defaults only when it names none), and a cell trained for fewer steps
+    than the others (the untrained baseline) is named, not taken for all."""
+    import yaml
+
+    from magdi_dist.results.raw import opened
+    from magdi_dist.results.tables import setup
+
+    folder = ROOT / "docs" / "results" / name
+    configs = {p.parent.name: yaml.safe_load(p.read_text()) for p in folder.glob("cells/*/resolved_config.yaml")}
+    with opened(folder) as c:
+        text = setup(c)
+    data = next(iter(configs.values()))["data"]
+    if data["paths"]:
+        assert "synthetic" not in text and all(p in text for p in data["paths"])
+    else:
+        assert f"{data['synthetic']['n']:,} synthetic" in text
+    steps = {cell: cfg["train"]["max_steps"] for cell, cfg in configs.items()}
+    assert f"**Training.** {max(steps.values()):,} steps" in text
+    for cell, n in steps.items():
+        assert (f": {n:,}" in text) == (n != max(steps.values())), (cell, n)

@@ -48,20 +48,28 @@ def setup(c: Collected) -> str:
     data, train = cfg["data"], cfg["train"]
     m = c.manifest or {}
     totals, split = m.get("totals", {}), m.get("split", {})
-    syn = data.get("synthetic")
+    # A config always carries the synthetic defaults; they are the data only when no paths are given.
+    syn = None if data.get("paths") else data.get("synthetic")
     source = (f"{syn['n']:,} synthetic {syn['agents']}-agent x {syn['rounds']}-round discussions (seed {syn['seed']})"
               if syn else f"{totals.get('mags', '?'):,} discussions from {', '.join(data['paths'])}")
+    bases = sorted({str(x["config"]["model"]["base"]) for x in c.cells})
+    features = cfg["model"].get("feature_model") or (bases[0] if len(bases) == 1 else "each base")
     counts = (f": {totals['rows']:,} pair rows in {totals['shards']:,} shards; {split['heldout_questions']:,} of "
               f"{split['questions']:,} questions held out" if totals and split else
               " (no manifest collected: the row and question counts are not known here)")
     lines = [f"- **Data.** {source}, chains cleaned{counts} (`eval_fraction` {data['eval_fraction']:g}). "
              "Prepared once for every cell; frozen node features from "
-             f"`{cfg['model'].get('feature_model') or 'each base'}`."]
-    epoch = c.cells[0]["epoch"]
+             f"`{features}`."]
+    # The longest-trained cell states the steps; cells that train fewer (an untrained baseline) are named.
+    longest = max(c.cells, key=lambda x: x["config"]["train"]["max_steps"])
+    train, epoch = longest["config"]["train"], longest["epoch"]
+    fewer = [f"{x['variant']}: {x['config']['train']['max_steps']:,}" for x in c.cells
+             if x["config"]["train"]["max_steps"] != train["max_steps"]]
+    steps = f"{train['max_steps']:,} steps" + (f" ({'; '.join(fewer)})" if fewer else "")
     ranks = study.get("num_workers")
     rates = sorted({x["config"]["train"]["lr"] for x in c.cells})
     lr = f"lr {rates[0]:g} for every cell" if len(rates) == 1 else "each size at its own lr (table)"
-    lines.append(f"- **Training.** {train['max_steps']:,} steps of {ranks or '?'} ranks x {train['micro_batch_size']} "
+    lines.append(f"- **Training.** {steps} of {ranks or '?'} ranks x {train['micro_batch_size']} "
                  f"pairs (grad accumulation {train['grad_accum']}; {fmt(epoch, '.2f')} epoch), DeepSpeed "
                  f"`{train['deepspeed']}` on {ranks or '?'} CPU ranks under Ray Train, {train['precision']}, "
                  f"{train['schedule']} schedule with {train['warmup_steps']} warmup steps, seed {train['seed']}; "
