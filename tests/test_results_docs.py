@@ -342,6 +342,10 @@ def test_the_setup_block_states_the_data_and_steps_the_cells_were_given(name):
     else:
         assert f"{data['synthetic']['n']:,} synthetic" in text
     steps = {cell: cfg["train"]["max_steps"] for cell, cfg in configs.items()}
-    assert f"**Training.** {max(steps.values()):,} steps" in text
-    for cell, n in steps.items():
-        assert (f": {n:,}" in text) == (n != max(steps.values())), (cell, n)
+    stated = re.search(r"\*\*Training\.\*\* ([\d,]+) steps(?: \(([^)]*)\))? of", text)
+    assert stated and int(stated[1].replace(",", "")) == max(steps.values()), text
+    named = dict(part.split(": ") for part in stated[2].split("; ")) if stated[2] else {}
+    shorter = {cell: n for cell, n in steps.items() if n != max(steps.values())}
+    assert len(named) == len(shorter)  # every shorter cell is named by its variant, with its steps
+    for variant, n in named.items():
+        assert [shorter[cell] for cell in shorter if cell.endswith(f"-{variant}")] == [int(n.replace(",", ""))]

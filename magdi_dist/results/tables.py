@@ -45,13 +45,14 @@ def _first_config(c: Collected) -> dict:
 def setup(c: Collected) -> str:
     """Data, training and evaluation settings shared by every cell, and the data's counts."""
     cfg, study = _first_config(c), c.study or {}
-    data, train = cfg["data"], cfg["train"]
+    data = cfg["data"]
     m = c.manifest or {}
     totals, split = m.get("totals", {}), m.get("split", {})
     # A config always carries the synthetic defaults; they are the data only when no paths are given.
     syn = None if data.get("paths") else data.get("synthetic")
     source = (f"{syn['n']:,} synthetic {syn['agents']}-agent x {syn['rounds']}-round discussions (seed {syn['seed']})"
               if syn else f"{totals.get('mags', '?'):,} discussions from {', '.join(data['paths'])}")
+    # No feature_model: each cell featurizes with its own base (preprocess/featurize.py).
     bases = sorted({str(x["config"]["model"]["base"]) for x in c.cells})
     features = cfg["model"].get("feature_model") or (bases[0] if len(bases) == 1 else "each base")
     counts = (f": {totals['rows']:,} pair rows in {totals['shards']:,} shards; {split['heldout_questions']:,} of "
